@@ -1,0 +1,311 @@
+//! [`RateLimiter`]: one shared limit, its clock, and the queue of requests waiting for it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{CheckNError, RateLimited};
+use crate::gcra::{Deny, Gcra, Grant};
+use crate::quota::Quota;
+
+/// How much of a waiter's lateness is credited back to it.
+///
+/// tokio's timer fires at most once per millisecond tick, so a waiter is usually woken a little
+/// after its slot. Charging it from the moment it woke would push every slot behind it later by
+/// the same amount, and at one request per millisecond the rate would halve. Instead a waiter is
+/// charged from its slot, up to this much in the past; the next waiter whose slot has already
+/// passed is then admitted at once. The cost: in wait mode, up to `rate × 2 ms` requests may
+/// pass closer together than the quota's spacing (never before their slots).
+pub(crate) const LATE_WAKE_CREDIT: u64 = 2_000_000;
+
+/// A rate limit that can be shared: by every service of a layer, by several layers, and by
+/// code that checks it directly.
+///
+/// Cloning is cheap and every clone is the same limit. The handle answers how much burst is left
+/// and when the next request conforms, and can change the quota while traffic flows.
+///
+/// Time is tokio's ([`tokio::time::Instant`]), so `tokio::time::pause()` drives every decision.
+///
+/// ```
+/// use palisade_ratelimit::{Quota, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = RateLimiter::new(Quota::per_second(10)?.burst(2)?);
+/// assert!(limiter.check().is_ok());
+/// assert!(limiter.check().is_ok());
+/// let denied = limiter.check().unwrap_err();
+/// assert_eq!(denied.retry_after(), std::time::Duration::from_millis(100));
+/// assert_eq!(limiter.remaining_burst(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    origin: Instant,
+    gcra: Gcra,
+    quota: RwLock<Quota>,
+    /// Number of queued waiters, read without the lock by the fast path.
+    queued: AtomicUsize,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    queue: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    arrived: u64,
+    waker: Option<Waker>,
+}
+
+/// What the head of the queue learns when it asks for its turn.
+pub(crate) enum Turn {
+    /// Admitted: it has left the queue.
+    Admitted(Grant),
+    /// Its slot is at this time (nanoseconds since the origin): sleep until then.
+    SleepUntil(u64),
+    /// Not at the head yet: the waiter ahead of it wakes it when it leaves.
+    Queued,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The queue holds no invariant a panic in another holder could break half-way: every
+    // critical section is a few pushes, pops and wakes.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RateLimiter {
+    /// A new limit, idle: the whole burst is available at once.
+    pub fn new(quota: Quota) -> RateLimiter {
+        RateLimiter {
+            shared: Arc::new(Shared {
+                origin: Instant::now(),
+                gcra: Gcra::new(&quota),
+                quota: RwLock::new(quota),
+                queued: AtomicUsize::new(0),
+                waiters: Mutex::new(Waiters::default()),
+            }),
+        }
+    }
+
+    /// Admits one request now, or says how long until one would conform.
+    ///
+    /// Lock-free and allocation-free. It does not queue: a direct check may pass ahead of
+    /// requests waiting in a wait-mode layer on the same limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] with the time until the next conforming instant.
+    #[inline]
+    pub fn check(&self) -> Result<(), RateLimited> {
+        let now = self.shared.now();
+        match self.shared.gcra.acquire(now, now, 1) {
+            Ok(_) => Ok(()),
+            Err(deny) => Err(self.shared.denied(deny, now)),
+        }
+    }
+
+    /// Admits `n` requests at once, all or nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckNError::InsufficientCapacity`] when `n` exceeds the burst (it never could pass),
+    /// [`CheckNError::RateLimited`] when it cannot pass now.
+    pub fn check_n(&self, n: u32) -> Result<(), CheckNError> {
+        let now = self.shared.now();
+        match self.shared.gcra.acquire(now, now, n) {
+            Ok(_) => Ok(()),
+            Err(Deny::Insufficient) => Err(CheckNError::InsufficientCapacity {
+                burst: self.quota().burst_size(),
+            }),
+            Err(deny) => Err(CheckNError::RateLimited(self.shared.denied(deny, now))),
+        }
+    }
+
+    /// How many requests would pass right now if sent at once.
+    pub fn remaining_burst(&self) -> u32 {
+        self.shared.gcra.remaining(self.shared.now())
+    }
+
+    /// When the next request will conform (now, if one conforms now).
+    pub fn next_conforming(&self) -> Instant {
+        let now = self.shared.now();
+        self.shared.instant(self.shared.gcra.earliest(now))
+    }
+
+    /// The quota in force.
+    pub fn quota(&self) -> Quota {
+        *self.shared.quota.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the quota while traffic flows, keeping what is owed measured in requests: a
+    /// limiter two requests in debt is still two requests in debt under the new rate.
+    ///
+    /// Every service and handle of this limit sees the change at once. Waiters keep their
+    /// places in the queue and are woken to recompute their slots.
+    pub fn set_quota(&self, quota: Quota) {
+        let mut q = self.shared.quota.write().unwrap_or_else(PoisonError::into_inner);
+        self.shared.gcra.set_quota(&quota, self.shared.now());
+        *q = quota;
+        drop(q);
+        tracing::debug!(%quota, "rate limit quota changed");
+        self.shared.wake_head();
+    }
+
+    /// How many requests are queued in wait-mode layers of this limit.
+    pub fn waiting(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("quota", &self.quota())
+            .field("remaining_burst", &self.remaining_burst())
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+impl Shared {
+    /// Nanoseconds since the origin, on tokio's clock.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.origin);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn instant(&self, at: u64) -> Instant {
+        self.origin + Duration::from_nanos(at)
+    }
+
+    pub(crate) fn quota(&self) -> Quota {
+        *self.quota.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn denied(&self, deny: Deny, now: u64) -> RateLimited {
+        let at = match deny {
+            Deny::Until(at) => at,
+            // Only `check_n` can ask for more than the burst; report a full interval.
+            Deny::Insufficient => now + self.gcra.interval(),
+        };
+        RateLimited::new(Duration::from_nanos(at.saturating_sub(now)), self.quota())
+    }
+
+    /// Admission without queueing, when nobody waits.
+    #[inline]
+    pub(crate) fn try_acquire(&self, now: u64) -> Result<Grant, Deny> {
+        self.gcra.acquire(now, now, 1)
+    }
+
+    /// Whether requests are queued (a new arrival must then queue behind them).
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0
+    }
+
+    /// Where a request arriving now would be admitted, counting the waiters ahead of it.
+    pub(crate) fn estimated_slot(&self, now: u64) -> u64 {
+        let ahead = self.queued.load(Ordering::Acquire) as u64;
+        self.gcra
+            .earliest(now)
+            .saturating_add(ahead.saturating_mul(self.gcra.interval()))
+    }
+
+    /// Joins the back of the queue.
+    pub(crate) fn enqueue(&self, now: u64, waker: &Waker) -> u64 {
+        let mut w = lock(&self.waiters);
+        let id = w.next_id;
+        w.next_id += 1;
+        w.queue.push_back(Waiter {
+            id,
+            arrived: now,
+            waker: Some(waker.clone()),
+        });
+        self.queued.store(w.queue.len(), Ordering::Release);
+        id
+    }
+
+    /// The waiter `id` asks for its turn at `now`.
+    pub(crate) fn turn(&self, id: u64, now: u64, waker: &Waker) -> Turn {
+        let mut w = lock(&self.waiters);
+        let Some(pos) = w.queue.iter().position(|e| e.id == id) else {
+            // Not queued (cannot happen for a live waiter); let it re-enter as new.
+            return Turn::Queued;
+        };
+        if pos > 0 {
+            set_waker(&mut w.queue[pos].waker, waker);
+            return Turn::Queued;
+        }
+        let head = &mut w.queue[0];
+        let base = head.arrived.max(now.saturating_sub(LATE_WAKE_CREDIT));
+        match self.gcra.acquire(now, base, 1) {
+            Ok(grant) => {
+                w.queue.pop_front();
+                self.queued.store(w.queue.len(), Ordering::Release);
+                wake_front(&mut w.queue);
+                Turn::Admitted(grant)
+            }
+            Err(deny) => {
+                set_waker(&mut head.waker, waker);
+                Turn::SleepUntil(match deny {
+                    Deny::Until(at) => at,
+                    Deny::Insufficient => now + self.gcra.interval(),
+                })
+            }
+        }
+    }
+
+    /// A waiter leaves without being admitted. Nothing was reserved for it, so the waiter
+    /// behind simply moves up.
+    pub(crate) fn cancel(&self, id: u64) {
+        let mut w = lock(&self.waiters);
+        if let Some(pos) = w.queue.iter().position(|e| e.id == id) {
+            w.queue.remove(pos);
+            self.queued.store(w.queue.len(), Ordering::Release);
+            if pos == 0 {
+                wake_front(&mut w.queue);
+            }
+        }
+    }
+
+    /// Gives back an admission that was never used, and lets the head of the queue use it.
+    pub(crate) fn refund(&self, grant: Grant) {
+        self.gcra.refund(grant, self.now());
+        self.wake_head();
+    }
+
+    fn wake_head(&self) {
+        if self.has_waiters() {
+            wake_front(&mut lock(&self.waiters).queue);
+        }
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+fn wake_front(queue: &mut VecDeque<Waiter>) {
+    if let Some(front) = queue.front_mut() {
+        if let Some(w) = front.waker.take() {
+            w.wake();
+        }
+    }
+}

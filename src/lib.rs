@@ -1,0 +1,24 @@
+//! Palisade: tower middleware for the patterns every production client and server needs.
+//!
+//! Each pattern is its own crate, re-exported here behind a feature of the same name:
+//!
+//! | feature | module | crate |
+//! |---|---|---|
+//! | `ratelimit` | [`ratelimit`] | `palisade-ratelimit`: a shared GCRA rate limit, wait or reject, keyed, HTTP 429 |
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "ratelimit")]
+//! # {
+//! use palisade::ratelimit::{Quota, RateLimitLayer};
+//! let layer = RateLimitLayer::new("100/min".parse::<Quota>().unwrap());
+//! assert_eq!(layer.limiter().quota().count(), 100);
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+/// Rate limiting: see [`palisade_ratelimit`].
+#[cfg(feature = "ratelimit")]
+pub use palisade_ratelimit as ratelimit;
