@@ -58,7 +58,10 @@ impl fmt::Display for CheckNError {
         match self {
             CheckNError::RateLimited(e) => e.fmt(f),
             CheckNError::InsufficientCapacity { burst } => {
-                write!(f, "more cells asked for than the burst of {burst} allows at once")
+                write!(
+                    f,
+                    "more cells asked for than the burst of {burst} allows at once"
+                )
             }
         }
     }

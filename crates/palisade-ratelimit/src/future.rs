@@ -29,7 +29,9 @@ pin_project! {
 
 impl<F, T, E> ResponseFuture<F, T, E> {
     pub(crate) fn called(fut: F) -> Self {
-        ResponseFuture { kind: Kind::Called { fut } }
+        ResponseFuture {
+            kind: Kind::Called { fut },
+        }
     }
 
     pub(crate) fn refused(out: Result<T, E>) -> Self {

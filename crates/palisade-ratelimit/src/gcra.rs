@@ -122,7 +122,10 @@ impl Gcra {
     /// The earliest time at which one cell conforms (`now` if it conforms now).
     pub(crate) fn earliest(&self, now: u64) -> u64 {
         let (_, tau) = self.params();
-        self.tat.load(Ordering::Acquire).saturating_sub(tau).max(now)
+        self.tat
+            .load(Ordering::Acquire)
+            .saturating_sub(tau)
+            .max(now)
     }
 
     /// How many cells would conform at `now`, if taken at once.
@@ -152,7 +155,8 @@ impl Gcra {
         let (old_t, _) = self.params();
         let new_t = quota.interval_ns();
         self.interval.store(new_t, Ordering::Release);
-        self.tolerance.store(quota.tolerance_ns(), Ordering::Release);
+        self.tolerance
+            .store(quota.tolerance_ns(), Ordering::Release);
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let debt = u128::from(cur.saturating_sub(now));
@@ -169,7 +173,7 @@ impl Gcra {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(palisade_loom)))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -286,7 +290,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, palisade_loom))]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;
@@ -303,7 +307,12 @@ mod loom_tests {
                     thread::spawn(move || g.acquire(0, 0, 1).is_ok())
                 })
                 .collect();
-            let admitted = handles.into_iter().filter(|_| true).map(|h| h.join().unwrap()).filter(|&ok| ok).count();
+            let admitted = handles
+                .into_iter()
+                .filter(|_| true)
+                .map(|h| h.join().unwrap())
+                .filter(|&ok| ok)
+                .count();
             assert_eq!(admitted, 2);
         });
     }

@@ -50,7 +50,9 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 
 /// Whole seconds, rounded **up** and at least 1: a client told `0` would retry at once.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.max(1)
 }
 
@@ -143,16 +145,18 @@ impl<X: KeyExtractor, R> KeyedRateLimitLayer<X, R> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The peer's IP, with IPv4-mapped IPv6 (`::ffff:10.0.0.1`, as a dual-stack socket reports an
+/// IPv4 peer) turned back into IPv4, so that one client has one key and IPv4 networks match it.
 fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
-        return Some(addr.ip());
+        return Some(addr.ip().to_canonical());
     }
     #[cfg(feature = "axum")]
     if let Some(info) = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
-        return Some(info.0.ip());
+        return Some(info.0.ip().to_canonical());
     }
     None
 }
@@ -242,7 +246,7 @@ impl<B> ExtractKey<Request<B>> for ForwardedFor {
                 return Some(client);
             };
             for hop in text.rsplit(',') {
-                match hop.trim().parse::<IpAddr>() {
+                match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                     Ok(ip) if self.is_trusted(&ip) => client = ip,
                     Ok(ip) => return Some(ip),
                     Err(_) => return Some(client),

@@ -137,7 +137,10 @@ impl<K> Clone for KeyedRateLimiter<K> {
 impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     /// A keyed limit of `quota` per key, remembering at most [`DEFAULT_MAX_KEYS`] keys.
     pub fn new(quota: Quota) -> Self {
-        Self::with_max_keys(quota, NonZeroUsize::new(DEFAULT_MAX_KEYS).expect("non-zero"))
+        Self::with_max_keys(
+            quota,
+            NonZeroUsize::new(DEFAULT_MAX_KEYS).expect("non-zero"),
+        )
     }
 
     /// A keyed limit of `quota` per key, remembering at most `max_keys` keys.
@@ -183,7 +186,11 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
             self.evict(now);
         }
         let quota = self.quota();
-        let gcra = self.shared.map.entry(key).or_insert_with(|| Gcra::new(&quota));
+        let gcra = self
+            .shared
+            .map
+            .entry(key)
+            .or_insert_with(|| Gcra::new(&quota));
         gcra.acquire(now, now, 1)
     }
 
@@ -192,7 +199,10 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         let before = map.len();
         map.retain(|_, g| g.tat() > now);
         if map.len() < self.shared.max_keys {
-            tracing::debug!(evicted = before - map.len(), "rate limit keys evicted: fresh");
+            tracing::debug!(
+                evicted = before - map.len(),
+                "rate limit keys evicted: fresh"
+            );
             return;
         }
         let mut tats: Vec<u64> = map.iter().map(|e| e.value().tat()).collect();
@@ -208,7 +218,10 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
                 true
             }
         });
-        tracing::debug!(evicted = before - map.len(), "rate limit keys evicted: table full");
+        tracing::debug!(
+            evicted = before - map.len(),
+            "rate limit keys evicted: table full"
+        );
     }
 
     /// How many keys are remembered now.
@@ -232,13 +245,21 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
 
     /// The quota each key gets.
     pub fn quota(&self) -> Quota {
-        *self.shared.quota.read().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shared
+            .quota
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Changes every key's quota while traffic flows (see
     /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
     pub fn set_quota(&self, quota: Quota) {
-        let mut q = self.shared.quota.write().unwrap_or_else(PoisonError::into_inner);
+        let mut q = self
+            .shared
+            .quota
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = self.now();
         for entry in self.shared.map.iter() {
             entry.value().set_quota(&quota, now);

@@ -147,7 +147,11 @@ impl RateLimiter {
 
     /// The quota in force.
     pub fn quota(&self) -> Quota {
-        *self.shared.quota.read().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shared
+            .quota
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Changes the quota while traffic flows, keeping what is owed measured in requests: a
@@ -156,7 +160,11 @@ impl RateLimiter {
     /// Every service and handle of this limit sees the change at once. Waiters keep their
     /// places in the queue and are woken to recompute their slots.
     pub fn set_quota(&self, quota: Quota) {
-        let mut q = self.shared.quota.write().unwrap_or_else(PoisonError::into_inner);
+        let mut q = self
+            .shared
+            .quota
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.shared.gcra.set_quota(&quota, self.shared.now());
         *q = quota;
         drop(q);

@@ -73,15 +73,22 @@ pub enum QuotaError {
 impl fmt::Display for QuotaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QuotaError::ZeroCount => f.write_str("invalid quota: the request count must be at least 1"),
-            QuotaError::ZeroPeriod => f.write_str("invalid quota: the period must be longer than zero"),
+            QuotaError::ZeroCount => {
+                f.write_str("invalid quota: the request count must be at least 1")
+            }
+            QuotaError::ZeroPeriod => {
+                f.write_str("invalid quota: the period must be longer than zero")
+            }
             QuotaError::ZeroBurst => f.write_str("invalid quota: the burst must be at least 1"),
             QuotaError::TooFine { count, period } => write!(
                 f,
                 "invalid quota: {count} per {period:?} is more than one request per nanosecond"
             ),
             QuotaError::Overflow { what } => {
-                write!(f, "invalid quota: {what} is too large (limit: about 584 years in nanoseconds)")
+                write!(
+                    f,
+                    "invalid quota: {what} is too large (limit: about 584 years in nanoseconds)"
+                )
             }
             QuotaError::Parse { input, reason } => {
                 write!(f, "invalid quota {input:?}: {reason} (expected e.g. \"100/min\", \"10/s\", \"5000/h\", \"3/250ms\")")
@@ -106,14 +113,20 @@ impl Quota {
         if period.is_zero() {
             return Err(QuotaError::ZeroPeriod);
         }
-        let period_ns = u64::try_from(period.as_nanos()).map_err(|_| QuotaError::Overflow { what: "the period" })?;
+        let period_ns = u64::try_from(period.as_nanos())
+            .map_err(|_| QuotaError::Overflow { what: "the period" })?;
         if count > period_ns {
             return Err(QuotaError::TooFine { count, period });
         }
         // Round up: the long-run rate may fall short of the quota by under a nanosecond per
         // request, but never exceeds it.
         let interval_ns = period_ns.div_ceil(count);
-        Ok(Quota { count, period_ns, interval_ns, burst: 1 })
+        Ok(Quota {
+            count,
+            period_ns,
+            interval_ns,
+            burst: 1,
+        })
     }
 
     /// `count` requests per second, burst 1.
@@ -155,7 +168,9 @@ impl Quota {
         }
         self.interval_ns
             .checked_mul(u64::from(burst))
-            .ok_or(QuotaError::Overflow { what: "burst × interval" })?;
+            .ok_or(QuotaError::Overflow {
+                what: "burst × interval",
+            })?;
         Ok(Quota { burst, ..self })
     }
 
@@ -233,8 +248,13 @@ impl FromStr for Quota {
     /// `sec`, `min`, `h`, `hour`, `d`, `day`) optionally preceded by a whole number: `"100/min"`,
     /// `"10/s"`, `"5000/h"`, `"3/250ms"`. Spaces around the parts are allowed.
     fn from_str(input: &str) -> Result<Quota, QuotaError> {
-        let err = |reason| QuotaError::Parse { input: input.to_owned(), reason };
-        let (count, period) = input.split_once('/').ok_or_else(|| err("missing '/' between count and period"))?;
+        let err = |reason| QuotaError::Parse {
+            input: input.to_owned(),
+            reason,
+        };
+        let (count, period) = input
+            .split_once('/')
+            .ok_or_else(|| err("missing '/' between count and period"))?;
         let (count, period) = (count.trim(), period.trim());
         if count.is_empty() {
             return Err(err("missing request count before '/'"));
@@ -242,7 +262,9 @@ impl FromStr for Quota {
         if !count.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err("the request count must be a whole number"));
         }
-        let count: u64 = count.parse().map_err(|_| err("the request count is too large"))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| err("the request count is too large"))?;
         let digits = period.bytes().take_while(u8::is_ascii_digit).count();
         let (amount, unit) = period.split_at(digits);
         let amount: u64 = if amount.is_empty() {
@@ -261,7 +283,9 @@ impl FromStr for Quota {
             "" => return Err(err("missing period unit after '/'")),
             _ => return Err(err("unknown period unit (use ns, us, ms, s, min, h or d)")),
         };
-        let period_ns = amount.checked_mul(unit_ns).ok_or(QuotaError::Overflow { what: "the period" })?;
+        let period_ns = amount
+            .checked_mul(unit_ns)
+            .ok_or(QuotaError::Overflow { what: "the period" })?;
         Quota::new(count, Duration::from_nanos(period_ns))
     }
 }
@@ -289,9 +313,18 @@ mod tests {
 
     #[test]
     fn constructors_mean_what_they_say() {
-        assert_eq!(Quota::per_second(100).unwrap().interval(), Duration::from_millis(10));
-        assert_eq!(Quota::per_minute(60).unwrap().interval(), Duration::from_secs(1));
-        assert_eq!(Quota::per_hour(3600).unwrap().interval(), Duration::from_secs(1));
+        assert_eq!(
+            Quota::per_second(100).unwrap().interval(),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            Quota::per_minute(60).unwrap().interval(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            Quota::per_hour(3600).unwrap().interval(),
+            Duration::from_secs(1)
+        );
         let q = Quota::per_second(1000).unwrap().burst(10).unwrap();
         assert_eq!(q.tolerance_ns(), 9_000_000);
         assert_eq!(Quota::per_second(5).unwrap().burst_size(), 1);

@@ -94,7 +94,11 @@ impl Gate {
                     };
                     let wait = Duration::from_nanos(slot.saturating_sub(now));
                     if max_wait.is_some_and(|max| wait > max) {
-                        tracing::debug!(?wait, ?max_wait, "rate limited: wait would exceed max_wait");
+                        tracing::debug!(
+                            ?wait,
+                            ?max_wait,
+                            "rate limited: wait would exceed max_wait"
+                        );
                         self.state = State::Refused(RateLimited::new(wait, shared.quota()));
                         return Poll::Ready(());
                     }
@@ -116,7 +120,9 @@ impl Gate {
                                 }
                                 sleep
                             }
-                            slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                            slot @ None => {
+                                slot.insert(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
                         };
                         if sleep.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
