@@ -63,3 +63,8 @@ pub use limiter::RateLimiter;
 pub use quota::{Quota, QuotaError};
 pub use reject::{AsError, BoxError, Rejection};
 pub use service::RateLimit;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
