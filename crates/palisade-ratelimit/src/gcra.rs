@@ -65,9 +65,11 @@ impl Gcra {
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let (t, tau) = self.params();
-            // n ≤ B is checked here so that n·T fits: B·T fits by construction of the quota.
-            if u64::from(n) > tau / t + 1 {
-                return Err(Deny::Insufficient);
+            // n ≤ B ⟺ (n − 1)·T ≤ τ: no division on the hot path. B·T fits by construction
+            // of the quota, so n·T fits once this holds.
+            match u64::from(n.saturating_sub(1)).checked_mul(t) {
+                Some(extra) if extra <= tau => {}
+                _ => return Err(Deny::Insufficient),
             }
             let cost = t * u64::from(n);
             let new_tat = cur.max(base).saturating_add(cost);
