@@ -5,6 +5,7 @@
 //! | feature | module | crate |
 //! |---|---|---|
 //! | `ratelimit` | [`ratelimit`] | `palisade-ratelimit`: a shared GCRA rate limit, wait or reject, keyed, HTTP 429 |
+//! | `breaker` | [`breaker`] | `palisade-breaker`: a circuit breaker with sliding windows and probe-only half-open |
 //!
 //! # Example
 //!
@@ -22,3 +23,7 @@
 /// Rate limiting: see [`palisade_ratelimit`].
 #[cfg(feature = "ratelimit")]
 pub use palisade_ratelimit as ratelimit;
+
+/// Circuit breaking: see [`palisade_breaker`].
+#[cfg(feature = "breaker")]
+pub use palisade_breaker as breaker;

@@ -1,0 +1,132 @@
+//! [`CircuitBreaker`]: the service.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::error::CircuitOpen;
+use crate::future::{Guard, ResponseFuture};
+use crate::state::{Breaker, Ticket};
+use crate::BoxError;
+
+/// Guards `inner` with a shared [`Breaker`]; made by
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
+pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
+    inner: S,
+    gate: Gate,
+    classifier: C,
+}
+
+/// This service's admission, held between `poll_ready` and `call`; dropping it frees a
+/// half-open probe slot it holds.
+struct Gate {
+    breaker: Breaker,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.release(ticket);
+        }
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn new(inner: S, breaker: Breaker, classifier: C) -> Self {
+        CircuitBreaker {
+            inner,
+            gate: Gate {
+                breaker,
+                ticket: None,
+            },
+            classifier,
+        }
+    }
+
+    /// The breaker this service shares.
+    pub fn breaker(&self) -> &Breaker {
+        &self.gate.breaker
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; a probe slot held by this service is freed.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The breaker first: while open, answer Ready without touching the inner service, so a
+        // rate limiter or pool below spends nothing on a request that will be refused.
+        let ticket = *self
+            .gate
+            .ticket
+            .get_or_insert_with(|| self.gate.breaker.admit());
+        if let Ticket::Rejected(_) = ticket {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let ticket = self
+            .gate
+            .ticket
+            .take()
+            .expect("CircuitBreaker: poll_ready must return Ready before call");
+        match ticket {
+            Ticket::Rejected(retry_after) => {
+                tracing::debug!(?retry_after, "circuit breaker: request refused");
+                ResponseFuture::refused(CircuitOpen::new(retry_after))
+            }
+            Ticket::Pass => ResponseFuture::called(self.inner.call(req), None),
+            Ticket::Closed(_) | Ticket::Probe(_) => {
+                let guard = Guard::new(self.gate.breaker.clone(), ticket, self.classifier.clone());
+                ResponseFuture::called(self.inner.call(req), Some(guard))
+            }
+        }
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    /// Shares the breaker, not this service's admission: a clone starts without a ticket.
+    fn clone(&self) -> Self {
+        CircuitBreaker::new(
+            self.inner.clone(),
+            self.gate.breaker.clone(),
+            self.classifier.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.gate.breaker)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
+}

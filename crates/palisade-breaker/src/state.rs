@@ -1,0 +1,609 @@
+//! The breaker itself: a state machine in one atomic word, with no tower types in it.
+//!
+//! The state word packs a *generation* with the state. Every transition bumps the generation,
+//! and every admitted call carries the generation it was admitted under: a result that comes
+//! back under a later generation is stale and changes nothing. Closed admission is one atomic
+//! load of that word.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::config::{Config, WindowKind};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::window::{CountWindow, Counts, Mark, TimeWindow, Window};
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+
+/// Where a breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls pass; outcomes are recorded and the trip rules read.
+    Closed,
+    /// Calls are refused until the open duration has passed.
+    Open,
+    /// A few probe calls pass; the rest are refused. Successful probes close it, a failed one
+    /// reopens it.
+    HalfOpen,
+    /// Held open by the handle until reset.
+    ForcedOpen,
+    /// Held closed by the handle: every call passes, nothing is recorded, it never trips.
+    Disabled,
+}
+
+impl State {
+    fn from_code(code: u64) -> State {
+        match code {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            HALF_OPEN => State::HalfOpen,
+            FORCED_OPEN => State::ForcedOpen,
+            _ => State::Disabled,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+            State::ForcedOpen => "forced open",
+            State::Disabled => "disabled",
+        })
+    }
+}
+
+/// A change of state, as reported to a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+    /// The generation entered (one more than the one left).
+    pub generation: u64,
+}
+
+type Listener = Box<dyn Fn(&Transition) + Send + Sync>;
+
+/// What admission decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// Closed: pass, and record the outcome under this generation.
+    Closed(u64),
+    /// Half-open: pass as a probe, holding a probe slot of this generation.
+    Probe(u64),
+    /// Disabled: pass, record nothing.
+    Pass,
+    /// Refused.
+    Rejected(Option<Duration>),
+}
+
+/// Keeps hot, often-written words off the state word's cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A circuit breaker: the shared state, and the handle to inspect and control it.
+///
+/// Cloning is cheap and every clone is the same breaker. A [`CircuitBreakerLayer`] made from it
+/// (or one that made it) applies it to services.
+///
+/// [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
+///
+/// ```
+/// use palisade_breaker::{Breaker, Config, State};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let breaker = Breaker::new(Config::builder().consecutive_failures(3).build()?);
+/// assert_eq!(breaker.state(), State::Closed);
+/// breaker.force_open();
+/// assert_eq!(breaker.state(), State::ForcedOpen);
+/// breaker.reset();
+/// assert_eq!(breaker.state(), State::Closed);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Breaker {
+    pub(crate) core: Arc<Core>,
+}
+
+pub(crate) struct Core {
+    state: Padded<AtomicU64>,
+    origin: Instant,
+    config: Config,
+    /// When the current state was entered (ns since origin).
+    since: AtomicU64,
+    open_until: AtomicU64,
+    /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
+    half_open: AtomicU64,
+    consecutive: AtomicU32,
+    /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
+    openings: AtomicU32,
+    /// The longest `Retry-After` a failure carried since the last opening (ns).
+    retry_floor: AtomicU64,
+    rejected: AtomicU64,
+    window: Padded<Window>,
+    jitter_seed: u64,
+    listener: Option<Listener>,
+}
+
+fn pack(generation: u64, code: u64) -> u64 {
+    (generation << 3) | code
+}
+
+fn pack_half(generation: u64, taken: u64, successes: u64) -> u64 {
+    (generation & 0xffff_ffff) | (taken << 32) | (successes << 48)
+}
+
+fn unpack_half(v: u64) -> (u64, u64, u64) {
+    (v & 0xffff_ffff, (v >> 32) & 0xffff, v >> 48)
+}
+
+impl Breaker {
+    /// A closed breaker with `config`.
+    pub fn new(config: Config) -> Breaker {
+        Breaker::build(config, None)
+    }
+
+    /// A closed breaker with `config` that calls `listener` on every transition (after it
+    /// happened, on the thread that made it; keep it short).
+    pub fn with_listener(
+        config: Config,
+        listener: impl Fn(&Transition) + Send + Sync + 'static,
+    ) -> Breaker {
+        Breaker::build(config, Some(Box::new(listener)))
+    }
+
+    fn build(config: Config, listener: Option<Listener>) -> Breaker {
+        let window = match config.window {
+            WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowKind::Time { span, bucket } => Window::Time(TimeWindow::new(
+                u64::try_from(span.as_nanos()).unwrap_or(u64::MAX),
+                u64::try_from(bucket.as_nanos()).unwrap_or(u64::MAX).max(1),
+            )),
+        };
+        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+        seed.write_u64(0x9e37_79b9_7f4a_7c15);
+        Breaker {
+            core: Arc::new(Core {
+                state: Padded(AtomicU64::new(pack(0, CLOSED))),
+                origin: Instant::now(),
+                config,
+                since: AtomicU64::new(0),
+                open_until: AtomicU64::new(0),
+                half_open: AtomicU64::new(0),
+                consecutive: AtomicU32::new(0),
+                openings: AtomicU32::new(0),
+                retry_floor: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+                window: Padded(window),
+                jitter_seed: seed.finish(),
+                listener,
+            }),
+        }
+    }
+
+    /// The state now. An open breaker whose open duration has passed reports `Open` until the
+    /// next call moves it to half-open.
+    pub fn state(&self) -> State {
+        State::from_code(self.core.state.0.load(Ordering::Acquire) & 7)
+    }
+
+    /// The generation: how many transitions the breaker has made.
+    pub fn generation(&self) -> u64 {
+        self.core.state.0.load(Ordering::Acquire) >> 3
+    }
+
+    /// The outcomes in the window now (in closed; the window restarts empty on closing).
+    pub fn counts(&self) -> Counts {
+        self.core.window.0.counts(self.core.now())
+    }
+
+    /// How long the breaker has been in its current state.
+    pub fn time_in_state(&self) -> Duration {
+        let since = self.core.since.load(Ordering::Acquire);
+        Duration::from_nanos(self.core.now().saturating_sub(since))
+    }
+
+    /// How many calls were refused since the breaker was made.
+    pub fn rejected(&self) -> u64 {
+        self.core.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Holds the breaker open: every call is refused until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.core.force(FORCED_OPEN);
+    }
+
+    /// Holds the breaker closed: every call passes, nothing is recorded, it never trips, until
+    /// [`reset`](Self::reset).
+    pub fn force_closed(&self) {
+        self.core.force(DISABLED);
+    }
+
+    /// Back to closed with an empty window and no backoff, whatever the state.
+    pub fn reset(&self) {
+        self.core.force(CLOSED);
+    }
+
+    pub(crate) fn admit(&self) -> Ticket {
+        self.core.admit()
+    }
+
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.core.config.slow.is_some()
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.core.now()
+    }
+
+    /// Records the outcome of a call admitted with `ticket`; `elapsed` when slow calls are
+    /// timed.
+    pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome, elapsed: Option<Duration>) {
+        self.core.record(ticket, outcome, elapsed);
+    }
+
+    /// A call admitted with `ticket` ended without an outcome (dropped): free its probe slot.
+    pub(crate) fn release(&self, ticket: Ticket) {
+        if let Ticket::Probe(generation) = ticket {
+            self.core.release_probe(generation);
+        }
+    }
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("generation", &self.generation())
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl Core {
+    #[inline]
+    fn now(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.origin);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    #[inline]
+    fn admit(&self) -> Ticket {
+        let mut s = self.state.0.load(Ordering::Acquire);
+        loop {
+            let generation = s >> 3;
+            match s & 7 {
+                CLOSED => return Ticket::Closed(generation),
+                DISABLED => return Ticket::Pass,
+                FORCED_OPEN => return self.reject(None),
+                OPEN => {
+                    let now = self.now();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return self.reject(Some(Duration::from_nanos(until - now)));
+                    }
+                    // The open duration is over: half-open, with fresh slots for the new
+                    // generation. Set them up before the state says half-open, and only if no
+                    // racing caller did already (it may have handed out a slot since).
+                    let next = generation + 1;
+                    let _ = self.half_open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                        let (hg, _, _) = unpack_half(h);
+                        (hg != next & 0xffff_ffff).then(|| pack_half(next, 0, 0))
+                    });
+                    self.transition(s, HALF_OPEN, now);
+                }
+                _ /* HALF_OPEN */ => {
+                    if self.take_probe(generation) {
+                        return Ticket::Probe(generation);
+                    }
+                    let now = self.now();
+                    let since = self.since.load(Ordering::Acquire);
+                    if now.saturating_sub(since) < self.config.max_half_open_wait.as_nanos() as u64 {
+                        return self.reject(None);
+                    }
+                    // The probes have had their time and not decided: one has hung. Reopen;
+                    // its result, when it comes, belongs to an old generation.
+                    tracing::warn!("circuit breaker: half-open probes hung past max_half_open_wait");
+                    self.open(s, now);
+                }
+            }
+            s = self.state.0.load(Ordering::Acquire);
+        }
+    }
+
+    fn reject(&self, retry_after: Option<Duration>) -> Ticket {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Ticket::Rejected(retry_after)
+    }
+
+    fn take_probe(&self, generation: u64) -> bool {
+        let probes = u64::from(self.config.probes);
+        self.half_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                let (hg, taken, ok) = unpack_half(h);
+                (hg == generation & 0xffff_ffff && taken < probes)
+                    .then(|| pack_half(hg, taken + 1, ok))
+            })
+            .is_ok()
+    }
+
+    fn release_probe(&self, generation: u64) {
+        let _ = self
+            .half_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                let (hg, taken, ok) = unpack_half(h);
+                (hg == generation & 0xffff_ffff && taken > 0).then(|| pack_half(hg, taken - 1, ok))
+            });
+    }
+
+    fn record(&self, ticket: Ticket, outcome: Outcome, elapsed: Option<Duration>) {
+        let slow = match (self.config.slow, elapsed) {
+            (Some((threshold, _)), Some(took)) => took >= threshold,
+            _ => false,
+        };
+        match ticket {
+            Ticket::Closed(generation) => self.record_closed(generation, outcome, slow),
+            Ticket::Probe(generation) => self.record_probe(generation, outcome, slow),
+            Ticket::Pass | Ticket::Rejected(_) => {}
+        }
+    }
+
+    fn record_closed(&self, generation: u64, outcome: Outcome, slow: bool) {
+        let s = self.state.0.load(Ordering::Acquire);
+        if s != pack(generation, CLOSED) {
+            return; // admitted under an earlier state: changes nothing now
+        }
+        let failed = match outcome {
+            Outcome::Ignore => return,
+            Outcome::Success => {
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                false
+            }
+            Outcome::Failure { retry_after } => {
+                if let Some(ra) = retry_after {
+                    self.retry_floor.fetch_max(
+                        u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX),
+                        Ordering::AcqRel,
+                    );
+                }
+                true
+            }
+        };
+        let window = &self.window.0;
+        let now = if window.needs_clock() || failed || slow {
+            self.now()
+        } else {
+            0
+        };
+        window.record(Mark { failed, slow }, now);
+        if !(failed || slow) {
+            return;
+        }
+        let consecutive = if failed {
+            self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            0
+        };
+        if self.should_trip(consecutive, window.counts(now)) {
+            self.open(s, now);
+        }
+    }
+
+    fn should_trip(&self, consecutive: u32, c: Counts) -> bool {
+        let cfg = &self.config;
+        if cfg.consecutive_failures.is_some_and(|n| consecutive >= n) {
+            return true;
+        }
+        if c.calls == 0 || c.calls < u64::from(cfg.minimum_calls) {
+            return false;
+        }
+        let over = |count: u64, percent: u8| count * 100 >= u64::from(percent) * c.calls;
+        cfg.failure_rate.is_some_and(|p| over(c.failures, p))
+            || cfg.slow.is_some_and(|(_, p)| over(c.slow, p))
+    }
+
+    fn record_probe(&self, generation: u64, outcome: Outcome, slow: bool) {
+        let s = self.state.0.load(Ordering::Acquire);
+        if s != pack(generation, HALF_OPEN) {
+            return; // a probe of an earlier half-open: its slot is gone with that generation
+        }
+        match outcome {
+            Outcome::Ignore => self.release_probe(generation),
+            Outcome::Success if !slow => {
+                let close_after = u64::from(self.config.close_after);
+                let after = self
+                    .half_open
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                        let (hg, taken, ok) = unpack_half(h);
+                        (hg == generation & 0xffff_ffff)
+                            .then(|| pack_half(hg, taken.saturating_sub(1), ok + 1))
+                    });
+                if let Ok(before) = after {
+                    if unpack_half(before).2 + 1 >= close_after {
+                        self.close(s);
+                    }
+                }
+            }
+            Outcome::Success | Outcome::Failure { .. } => {
+                if let Outcome::Failure {
+                    retry_after: Some(ra),
+                } = outcome
+                {
+                    self.retry_floor.fetch_max(
+                        u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX),
+                        Ordering::AcqRel,
+                    );
+                }
+                self.open(s, self.now());
+            }
+        }
+    }
+
+    /// Opens from `from` (closed or half-open), for a duration that grows with each opening in
+    /// a row, jittered, and no shorter than the upstream's `Retry-After`.
+    fn open(&self, from: u64, now: u64) {
+        let cfg = &self.config;
+        let k = self.openings.load(Ordering::Acquire);
+        let base = cfg.open_base.as_nanos() as u64;
+        let cap = cfg.open_cap.as_nanos() as u64;
+        let mut d = base;
+        for _ in 0..k {
+            d = d.saturating_mul(u64::from(cfg.open_multiplier)).min(cap);
+            if d == cap {
+                break;
+            }
+        }
+        if cfg.jitter_percent > 0 {
+            // ±jitter%, from a per-breaker random seed and the generation.
+            let r = splitmix(self.jitter_seed ^ (from >> 3));
+            let span = d / 100 * u64::from(cfg.jitter_percent);
+            if span > 0 {
+                d = d - span + r % (2 * span + 1);
+            }
+        }
+        let floor = self.retry_floor.load(Ordering::Acquire);
+        d = d.max(floor);
+        self.open_until
+            .store(now.saturating_add(d), Ordering::Release);
+        if self.transition(from, OPEN, now) {
+            self.openings.fetch_add(1, Ordering::AcqRel);
+            self.retry_floor.store(0, Ordering::Release);
+            tracing::warn!(open_for = ?Duration::from_nanos(d), openings = k + 1, "circuit breaker opened");
+        }
+    }
+
+    fn close(&self, from: u64) {
+        if self.transition(from, CLOSED, self.now()) {
+            self.window.0.reset();
+            self.consecutive.store(0, Ordering::Release);
+            self.openings.store(0, Ordering::Release);
+        }
+    }
+
+    fn force(&self, code: u64) {
+        let mut s = self.state.0.load(Ordering::Acquire);
+        loop {
+            if code == CLOSED {
+                self.window.0.reset();
+                self.consecutive.store(0, Ordering::Release);
+                self.openings.store(0, Ordering::Release);
+                self.retry_floor.store(0, Ordering::Release);
+            }
+            if self.transition(s, code, self.now()) {
+                return;
+            }
+            s = self.state.0.load(Ordering::Acquire);
+        }
+    }
+
+    /// Moves from the exact state word `from` to `code` in the next generation; false if
+    /// another thread moved first.
+    fn transition(&self, from: u64, code: u64, now: u64) -> bool {
+        let to = pack((from >> 3) + 1, code);
+        if self
+            .state
+            .0
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.since.store(now, Ordering::Release);
+        let t = Transition {
+            from: State::from_code(from & 7),
+            to: State::from_code(code),
+            generation: to >> 3,
+        };
+        tracing::info!(from = %t.from, to = %t.to, generation = t.generation, "circuit breaker transition");
+        if let Some(listener) = &self.listener {
+            listener(&t);
+        }
+        true
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn cfg(probes: u16) -> Config {
+        Config::builder()
+            .consecutive_failures(1)
+            .half_open_probes(probes)
+            .open_duration(Duration::from_nanos(1), 1, Duration::from_nanos(1))
+            .jitter(0)
+            .count_window(4)
+            .build()
+            .unwrap()
+    }
+
+    /// Two callers race for the single probe slot: exactly one gets it.
+    #[test]
+    fn one_probe_slot_one_probe() {
+        loom::model(|| {
+            let b = Breaker::new(cfg(1));
+            let t = b.admit();
+            b.record(t, Outcome::FAILURE, None);
+            // Open with a 1 ns duration: force it into half-open deterministically.
+            b.core.open_until.store(0, Ordering::SeqCst);
+            let b2 = b.clone();
+            let h = thread::spawn(move || matches!(b2.admit(), Ticket::Probe(_)));
+            let mine = matches!(b.admit(), Ticket::Probe(_));
+            let theirs = h.join().unwrap();
+            assert!(mine ^ theirs, "mine={mine} theirs={theirs}");
+        });
+    }
+
+    /// A stale probe result racing a new half-open cycle never closes the new one.
+    #[test]
+    fn stale_release_does_not_refill_a_new_cycle() {
+        loom::model(|| {
+            let b = Breaker::new(cfg(1));
+            let t = b.admit();
+            b.record(t, Outcome::FAILURE, None);
+            b.core.open_until.store(0, Ordering::SeqCst);
+            let probe = b.admit();
+            assert!(matches!(probe, Ticket::Probe(_)));
+            let b2 = b.clone();
+            let h = thread::spawn(move || b2.release(probe));
+            // Meanwhile the probe's slot is counted: nobody else gets one.
+            let other = b.admit();
+            h.join().unwrap();
+            let after = b.admit();
+            let probes = [other, after]
+                .iter()
+                .filter(|t| matches!(t, Ticket::Probe(_)))
+                .count();
+            assert!(probes <= 1);
+        });
+    }
+}
