@@ -8,7 +8,7 @@
 //! `max(TAT, now) + n·T ≤ now + τ + T`, and then sets `TAT = max(TAT, now) + n·T`. A rejection
 //! writes nothing.
 
-use crate::loom::{AtomicU64, Ordering};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::quota::Quota;
 
 /// The shared state of one limit.
@@ -19,17 +19,19 @@ pub(crate) struct Gcra {
     interval: AtomicU64,
     /// `τ = (B − 1)·T`.
     tolerance: AtomicU64,
+    /// Bumped by every quota change: a grant from before one is not given back.
+    epoch: AtomicU32,
 }
 
-/// One admission, kept so that it can be given back exactly.
+/// One admission, kept so that it can be given back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grant {
     /// The TAT this admission wrote.
     tat_after: u64,
-    /// What it added to the TAT (`n·T`).
-    cost: u64,
-    /// The time the admission was charged from (`now`, or earlier for a waiter woken late).
-    base: u64,
+    /// How many cells it took.
+    cells: u32,
+    /// The quota epoch it was taken under.
+    epoch: u32,
 }
 
 /// Why a request did not conform.
@@ -47,6 +49,7 @@ impl Gcra {
             tat: AtomicU64::new(0),
             interval: AtomicU64::new(quota.interval_ns()),
             tolerance: AtomicU64::new(quota.tolerance_ns()),
+            epoch: AtomicU32::new(0),
         }
     }
 
@@ -59,22 +62,25 @@ impl Gcra {
 
     /// Admits `n` cells at `now`, charging from `base` (`base ≤ now`; equal to `now` for an
     /// ordinary request). Lock-free: a CAS loop that re-decides on conflict.
+    ///
+    /// No overflow: a quota keeps `B·T` and its period under 2^62 ns, so with `now` under
+    /// 2^62 ns (146 years of uptime) every sum here fits.
     #[inline]
     pub(crate) fn acquire(&self, now: u64, base: u64, n: u32) -> Result<Grant, Deny> {
         debug_assert!(base <= now);
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let (t, tau) = self.params();
-            // n ≤ B ⟺ (n − 1)·T ≤ τ: no division on the hot path. B·T fits by construction
-            // of the quota, so n·T fits once this holds.
+            // n ≤ B ⟺ (n − 1)·T ≤ τ: no division on the hot path.
             match u64::from(n.saturating_sub(1)).checked_mul(t) {
                 Some(extra) if extra <= tau => {}
                 _ => return Err(Deny::Insufficient),
             }
             let cost = t * u64::from(n);
             let new_tat = cur.max(base).saturating_add(cost);
-            let limit = now.saturating_add(tau).saturating_add(t);
-            if new_tat > limit {
+            // Conforms when new_tat ≤ now + τ + T, written so that nothing can wrap.
+            if new_tat.saturating_sub(now) > tau + t {
                 return Err(Deny::Until(new_tat - tau - t));
             }
             match self
@@ -84,8 +90,8 @@ impl Gcra {
                 Ok(_) => {
                     return Ok(Grant {
                         tat_after: new_tat,
-                        cost,
-                        base,
+                        cells: n,
+                        epoch,
                     })
                 }
                 Err(actual) => cur = actual,
@@ -96,16 +102,21 @@ impl Gcra {
     /// Gives back an admission that was never used.
     ///
     /// When nothing was admitted since, the state returns exactly to what it was. Otherwise the
-    /// TAT is lowered by `cost − (now − base)` at most (never below what it would be had the
-    /// admission never happened): time that has passed since the admission already paid part
-    /// of it back, and crediting that twice would let a later request through early.
+    /// TAT is lowered by at most the part of the admission still ahead of `now`
+    /// (`tat_after − now`): never below what it would be had the admission not happened, since
+    /// every later admission stacked its cost on top of this one's TAT. A grant from before a
+    /// quota change is not given back (its units are gone).
     pub(crate) fn refund(&self, grant: Grant, now: u64) {
+        if grant.epoch != self.epoch.load(Ordering::Acquire) {
+            return;
+        }
+        let cost = self.interval() * u64::from(grant.cells);
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let back = if cur == grant.tat_after {
-                grant.cost
+                cost
             } else {
-                grant.cost.saturating_sub(now.saturating_sub(grant.base))
+                cost.min(grant.tat_after.saturating_sub(now))
             };
             if back == 0 {
                 return;
@@ -134,7 +145,7 @@ impl Gcra {
     pub(crate) fn remaining(&self, now: u64) -> u32 {
         let (t, tau) = self.params();
         let tat = self.tat.load(Ordering::Acquire).max(now);
-        let room = (now + tau + t).saturating_sub(tat);
+        let room = now.saturating_add(tau + t).saturating_sub(tat);
         u32::try_from(room / t).unwrap_or(u32::MAX)
     }
 
@@ -148,14 +159,17 @@ impl Gcra {
         self.interval.load(Ordering::Acquire)
     }
 
-    /// Changes the quota at `now`, keeping the debt in cells: a limiter that owed three
-    /// intervals under the old quota owes three under the new one.
+    /// Changes the quota at `now`, keeping the debt in cells — a limiter that owed three
+    /// intervals under the old quota owes three under the new one — but never more than the new
+    /// burst: lowering the burst does not lock callers out for the old burst's worth.
     ///
     /// Requests decided at the same moment by other threads are judged by the old quota or the
     /// new one.
     pub(crate) fn set_quota(&self, quota: &Quota, now: u64) {
         let (old_t, _) = self.params();
         let new_t = quota.interval_ns();
+        let max_debt = quota.tolerance_ns() + new_t;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.interval.store(new_t, Ordering::Release);
         self.tolerance
             .store(quota.tolerance_ns(), Ordering::Release);
@@ -163,7 +177,8 @@ impl Gcra {
         loop {
             let debt = u128::from(cur.saturating_sub(now));
             let scaled = debt * u128::from(new_t) / u128::from(old_t);
-            let new = now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX));
+            let scaled = u64::try_from(scaled).unwrap_or(u64::MAX).min(max_debt);
+            let new = now.saturating_add(scaled);
             match self
                 .tat
                 .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
@@ -231,6 +246,54 @@ mod tests {
         g.acquire(5 * MS, 5 * MS, 1).unwrap();
         g.refund(first, 5 * MS);
         assert_eq!(g.acquire(5 * MS, 5 * MS, 1), Err(Deny::Until(6 * MS)));
+    }
+
+    #[test]
+    fn refund_after_later_admissions_gives_back_the_whole_token_when_it_is_ahead() {
+        // T = 100 ms, B = 10: five taken, one held, one more taken; 100 ms on, the held one is
+        // dropped: the five still available before it was taken are available again.
+        let q = Quota::per_second(10).unwrap().burst(10).unwrap();
+        let g = Gcra::new(&q);
+        g.acquire(0, 0, 5).unwrap();
+        let held = g.acquire(0, 0, 1).unwrap();
+        g.acquire(0, 0, 1).unwrap();
+        g.refund(held, 100 * MS);
+        assert_eq!(g.remaining(100 * MS), 5);
+    }
+
+    #[test]
+    fn a_grant_from_before_a_quota_change_is_not_given_back_in_old_units() {
+        let g = Gcra::new(&Quota::per_second(1).unwrap().burst(10).unwrap());
+        let held = g.acquire(0, 0, 1).unwrap();
+        g.acquire(0, 0, 9).unwrap();
+        g.set_quota(&Quota::per_second(100).unwrap().burst(10).unwrap(), 0);
+        assert_eq!(g.remaining(0), 0);
+        g.refund(held, 0);
+        assert!(g.remaining(0) <= 1);
+    }
+
+    #[test]
+    fn lowering_the_burst_forgives_debt_beyond_it() {
+        let g = Gcra::new(&Quota::per_second(1).unwrap().burst(100).unwrap());
+        g.acquire(0, 0, 100).unwrap();
+        g.set_quota(&Quota::per_second(1).unwrap(), 0);
+        // At most one interval away, not a hundred.
+        assert_eq!(g.acquire(0, 0, 1), Err(Deny::Until(1_000 * MS)));
+    }
+
+    #[test]
+    fn extreme_quotas_stay_limited() {
+        let max = Quota::new(1, std::time::Duration::from_nanos(1 << 62)).unwrap();
+        let g = Gcra::new(&max);
+        g.acquire(0, 0, 1).unwrap();
+        assert!(g.acquire(1 << 40, 1 << 40, 1).is_err());
+        assert_eq!(g.remaining(1 << 40), 0);
+        let big = Quota::per_hour(1).unwrap().burst(1_000_000).unwrap();
+        let g = Gcra::new(&big);
+        g.acquire(0, 0, 1_000_000).unwrap();
+        assert!(g
+            .acquire(2_100 * 1_000 * MS, 2_100 * 1_000 * MS, 1)
+            .is_err());
     }
 
     #[test]

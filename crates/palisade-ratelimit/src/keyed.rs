@@ -109,12 +109,12 @@ impl<Req> ExtractKey<Req> for GlobalKey {
 /// moment). When a new key arrives and the table is full:
 /// 1. every key whose state equals a fresh one (idle long enough to have its whole burst back)
 ///    is dropped — forgetting it changes no decision;
-/// 2. if the table is still full, the 1/64 of keys closest to fresh are dropped (at least one).
-///    Such a key, when it comes back, starts with a full burst: it may get up to one burst more
-///    than its quota. Rotating keys cannot grow memory past the bound.
+/// 2. if more than `max_keys − max_keys/64` are left, the keys closest to fresh are dropped
+///    down to that mark. Such a key, when it comes back, starts with a full burst: it may get
+///    up to one burst more than its quota. Rotating keys cannot grow memory past the bound.
 ///
-/// Step 2 costs one pass over the table per 1/64 of it filled, so a flood of new keys costs
-/// O(64) per key on average.
+/// Either way the table is left at least 1/64 below the bound, so a pass over it happens at
+/// most once per `max_keys/64` new keys: O(64) per new key on average, whatever the keys do.
 pub struct KeyedRateLimiter<K> {
     shared: Arc<KeyedShared<K>>,
 }
@@ -194,33 +194,35 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         gcra.acquire(now, now, 1)
     }
 
+    /// Makes room down to a low-water mark 1/64 below the bound, so that the next 1/64 of new
+    /// keys insert without a pass over the table.
     fn evict(&self, now: u64) {
         let map = &self.shared.map;
+        let max = self.shared.max_keys;
+        let low_water = max - (max / 64).max(1);
         let before = map.len();
         map.retain(|_, g| g.tat() > now);
-        if map.len() < self.shared.max_keys {
-            tracing::debug!(
-                evicted = before - map.len(),
-                "rate limit keys evicted: fresh"
-            );
-            return;
+        let after_fresh = map.len();
+        if after_fresh > low_water {
+            // Still too full: every key left is in debt. Drop those closest to fresh.
+            let excess = after_fresh - low_water;
+            let mut tats: Vec<u64> = map.iter().map(|e| e.value().tat()).collect();
+            let (_, threshold, _) = tats.select_nth_unstable(excess - 1);
+            let threshold = *threshold;
+            let mut dropped = 0;
+            map.retain(|_, g| {
+                if dropped < excess && g.tat() <= threshold {
+                    dropped += 1;
+                    false
+                } else {
+                    true
+                }
+            });
         }
-        let mut tats: Vec<u64> = map.iter().map(|e| e.value().tat()).collect();
-        let batch = (tats.len() / 64).max(1);
-        let (_, threshold, _) = tats.select_nth_unstable(batch - 1);
-        let threshold = *threshold;
-        let mut dropped = 0;
-        map.retain(|_, g| {
-            if dropped < batch && g.tat() <= threshold {
-                dropped += 1;
-                false
-            } else {
-                true
-            }
-        });
         tracing::debug!(
-            evicted = before - map.len(),
-            "rate limit keys evicted: table full"
+            fresh = before - after_fresh,
+            in_debt = after_fresh - map.len(),
+            "rate limit keys evicted"
         );
     }
 
@@ -465,6 +467,26 @@ mod tests {
             limiter.check_key(&k).unwrap();
             assert!(limiter.len() <= 128, "len {} at key {k}", limiter.len());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_leaves_room_for_a_batch_of_new_keys() {
+        let limiter = KeyedRateLimiter::with_max_keys(
+            Quota::per_second(1).unwrap(),
+            NonZeroUsize::new(640).unwrap(),
+        );
+        for k in 0..640u32 {
+            limiter.check_key(&k).unwrap();
+        }
+        // Every key is in debt. One new key makes one pass, down to 640 − 10 = 630 ...
+        limiter.check_key(&10_000).unwrap();
+        assert_eq!(limiter.len(), 631);
+        // ... and one key going fresh at a time does not bring a pass per insert: the next
+        // nine new keys fit without evicting anything.
+        for k in 10_001..10_010u32 {
+            limiter.check_key(&k).unwrap();
+        }
+        assert_eq!(limiter.len(), 640);
     }
 
     #[tokio::test(start_paused = true)]

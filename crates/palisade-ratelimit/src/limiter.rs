@@ -61,6 +61,8 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct Waiters {
     queue: VecDeque<Waiter>,
+    /// Waiters admitted on their behalf, whose services have not come back for the token yet.
+    granted: Vec<(u64, Grant)>,
     next_id: u64,
 }
 
@@ -70,14 +72,14 @@ struct Waiter {
     waker: Option<Waker>,
 }
 
-/// What the head of the queue learns when it asks for its turn.
+/// What a waiter learns when it asks for its turn.
 pub(crate) enum Turn {
-    /// Admitted: it has left the queue.
+    /// Admitted: it has left the queue holding this token.
     Admitted(Grant),
-    /// Its slot is at this time (nanoseconds since the origin): sleep until then.
+    /// Still queued; its slot is expected at this time (nanoseconds since the origin).
     SleepUntil(u64),
-    /// Not at the head yet: the waiter ahead of it wakes it when it leaves.
-    Queued,
+    /// Not known to the queue (cannot happen for a live waiter): start over.
+    Gone,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +126,9 @@ impl RateLimiter {
     /// [`CheckNError::InsufficientCapacity`] when `n` exceeds the burst (it never could pass),
     /// [`CheckNError::RateLimited`] when it cannot pass now.
     pub fn check_n(&self, n: u32) -> Result<(), CheckNError> {
+        if n == 0 {
+            return Ok(());
+        }
         let now = self.shared.now();
         match self.shared.gcra.acquire(now, now, n) {
             Ok(_) => Ok(()),
@@ -169,12 +174,12 @@ impl RateLimiter {
         *q = quota;
         drop(q);
         tracing::debug!(%quota, "rate limit quota changed");
-        self.shared.wake_head();
+        self.shared.requeue_all();
     }
 
     /// How many requests are queued in wait-mode layers of this limit.
     pub fn waiting(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
+        self.shared.queued.load(Ordering::SeqCst)
     }
 }
 
@@ -222,12 +227,12 @@ impl Shared {
     /// Whether requests are queued (a new arrival must then queue behind them).
     #[inline]
     pub(crate) fn has_waiters(&self) -> bool {
-        self.queued.load(Ordering::Acquire) > 0
+        self.queued.load(Ordering::SeqCst) > 0
     }
 
     /// Where a request arriving now would be admitted, counting the waiters ahead of it.
     pub(crate) fn estimated_slot(&self, now: u64) -> u64 {
-        let ahead = self.queued.load(Ordering::Acquire) as u64;
+        let ahead = self.queued.load(Ordering::SeqCst) as u64;
         self.gcra
             .earliest(now)
             .saturating_add(ahead.saturating_mul(self.gcra.interval()))
@@ -243,62 +248,106 @@ impl Shared {
             arrived: now,
             waker: Some(waker.clone()),
         });
-        self.queued.store(w.queue.len(), Ordering::Release);
+        self.queued.store(w.queue.len(), Ordering::SeqCst);
         id
+    }
+
+    /// Admits, in order, every queued waiter whose slot has come, whoever is asking: a waiter
+    /// whose task is not polled (its service parked) cannot hold up the ones behind it. Returns
+    /// the slot of the new head, if any is left, and wakes it so that it sleeps until exactly
+    /// then.
+    fn dispatch(&self, w: &mut Waiters, now: u64, asking: Option<u64>) -> Option<u64> {
+        let mut admitted = false;
+        let next = loop {
+            let Some(head) = w.queue.front() else {
+                break None;
+            };
+            // A waiter the timer woke late is charged from up to LATE_WAKE_CREDIT back.
+            let base = head.arrived.max(now.saturating_sub(LATE_WAKE_CREDIT));
+            match self.gcra.acquire(now, base, 1) {
+                Ok(grant) => {
+                    let head = w.queue.pop_front().expect("front exists");
+                    w.granted.push((head.id, grant));
+                    if Some(head.id) != asking {
+                        if let Some(waker) = head.waker {
+                            waker.wake();
+                        }
+                    }
+                    admitted = true;
+                }
+                Err(Deny::Until(at)) => break Some(at),
+                Err(Deny::Insufficient) => break Some(now + self.gcra.interval()),
+            }
+        };
+        self.queued.store(w.queue.len(), Ordering::SeqCst);
+        if admitted {
+            // The new head sleeps until its own slot, not the estimate it had.
+            if let Some(head) = w.queue.front_mut() {
+                if Some(head.id) != asking {
+                    if let Some(waker) = head.waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+        next
     }
 
     /// The waiter `id` asks for its turn at `now`.
     pub(crate) fn turn(&self, id: u64, now: u64, waker: &Waker) -> Turn {
         let mut w = lock(&self.waiters);
+        let next = self.dispatch(&mut w, now, Some(id));
+        if let Some(i) = w.granted.iter().position(|(g, _)| *g == id) {
+            return Turn::Admitted(w.granted.swap_remove(i).1);
+        }
         let Some(pos) = w.queue.iter().position(|e| e.id == id) else {
-            // Not queued (cannot happen for a live waiter); let it re-enter as new.
-            return Turn::Queued;
+            return Turn::Gone;
         };
-        if pos > 0 {
-            set_waker(&mut w.queue[pos].waker, waker);
-            return Turn::Queued;
-        }
-        let head = &mut w.queue[0];
-        let base = head.arrived.max(now.saturating_sub(LATE_WAKE_CREDIT));
-        match self.gcra.acquire(now, base, 1) {
-            Ok(grant) => {
-                w.queue.pop_front();
-                self.queued.store(w.queue.len(), Ordering::Release);
-                wake_front(&mut w.queue);
-                Turn::Admitted(grant)
-            }
-            Err(deny) => {
-                set_waker(&mut head.waker, waker);
-                Turn::SleepUntil(match deny {
-                    Deny::Until(at) => at,
-                    Deny::Insufficient => now + self.gcra.interval(),
-                })
-            }
-        }
+        set_waker(&mut w.queue[pos].waker, waker);
+        // The head sleeps until its slot; the others until their estimated slots, in case the
+        // head's task is never polled again.
+        let slot = next.unwrap_or(now);
+        Turn::SleepUntil(slot.saturating_add(pos as u64 * self.gcra.interval()))
     }
 
-    /// A waiter leaves without being admitted. Nothing was reserved for it, so the waiter
-    /// behind simply moves up.
+    /// A waiter leaves without taking its token: out of the queue (the one behind moves up), or
+    /// its token, if one was already set aside for it, goes back.
     pub(crate) fn cancel(&self, id: u64) {
         let mut w = lock(&self.waiters);
         if let Some(pos) = w.queue.iter().position(|e| e.id == id) {
             w.queue.remove(pos);
-            self.queued.store(w.queue.len(), Ordering::Release);
+            self.queued.store(w.queue.len(), Ordering::SeqCst);
             if pos == 0 {
                 wake_front(&mut w.queue);
             }
+        } else if let Some(i) = w.granted.iter().position(|(g, _)| *g == id) {
+            let grant = w.granted.swap_remove(i).1;
+            let now = self.now();
+            self.gcra.refund(grant, now);
+            self.dispatch(&mut w, now, None);
+            wake_front(&mut w.queue);
         }
     }
 
-    /// Gives back an admission that was never used, and lets the head of the queue use it.
+    /// Gives back an admission that was never used, and lets the queue use it.
     pub(crate) fn refund(&self, grant: Grant) {
-        self.gcra.refund(grant, self.now());
-        self.wake_head();
+        let now = self.now();
+        self.gcra.refund(grant, now);
+        // Always under the lock: a waiter that queued while we refunded either sees the
+        // refunded state, or is in the queue for this dispatch to admit.
+        let mut w = lock(&self.waiters);
+        self.dispatch(&mut w, now, None);
+        wake_front(&mut w.queue);
     }
 
-    fn wake_head(&self) {
-        if self.has_waiters() {
-            wake_front(&mut lock(&self.waiters).queue);
+    /// After a quota change every estimate is off: admit what is due and wake everyone.
+    fn requeue_all(&self) {
+        let mut w = lock(&self.waiters);
+        self.dispatch(&mut w, self.now(), None);
+        for e in w.queue.iter_mut() {
+            if let Some(waker) = e.waker.take() {
+                waker.wake();
+            }
         }
     }
 }

@@ -4,6 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The largest period and `burst × interval`, in nanoseconds: with the limiter's clock under
+/// 2^62 ns too (146 years of uptime), no sum in the algorithm can overflow.
+const MAX_NS: u64 = 1 << 62;
+
 /// A rate and a burst: `count` requests per `period` in the long run, at most `burst` at once.
 ///
 /// The constructors say what they mean: `Quota::per_second(100)` is one hundred requests per
@@ -56,7 +60,7 @@ pub enum QuotaError {
         /// The requested period.
         period: Duration,
     },
-    /// A value does not fit the limiter's 64-bit nanosecond arithmetic (about 584 years).
+    /// A value does not fit the limiter's nanosecond arithmetic (2^62 ns, about 146 years).
     Overflow {
         /// What overflowed.
         what: &'static str,
@@ -87,7 +91,7 @@ impl fmt::Display for QuotaError {
             QuotaError::Overflow { what } => {
                 write!(
                     f,
-                    "invalid quota: {what} is too large (limit: about 584 years in nanoseconds)"
+                    "invalid quota: {what} is too large (limit: 2^62 ns, about 146 years)"
                 )
             }
             QuotaError::Parse { input, reason } => {
@@ -105,7 +109,7 @@ impl Quota {
     /// # Errors
     ///
     /// [`QuotaError::ZeroCount`], [`QuotaError::ZeroPeriod`], [`QuotaError::TooFine`] (more than
-    /// one per nanosecond) or [`QuotaError::Overflow`] (a period beyond 64-bit nanoseconds).
+    /// one per nanosecond) or [`QuotaError::Overflow`] (a period over 2^62 ns).
     pub fn new(count: u64, period: Duration) -> Result<Quota, QuotaError> {
         if count == 0 {
             return Err(QuotaError::ZeroCount);
@@ -114,7 +118,9 @@ impl Quota {
             return Err(QuotaError::ZeroPeriod);
         }
         let period_ns = u64::try_from(period.as_nanos())
-            .map_err(|_| QuotaError::Overflow { what: "the period" })?;
+            .ok()
+            .filter(|&ns| ns <= MAX_NS)
+            .ok_or(QuotaError::Overflow { what: "the period" })?;
         if count > period_ns {
             return Err(QuotaError::TooFine { count, period });
         }
@@ -160,14 +166,15 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// [`QuotaError::ZeroBurst`], or [`QuotaError::Overflow`] when `burst × interval` does not
-    /// fit in 64-bit nanoseconds.
+    /// [`QuotaError::ZeroBurst`], or [`QuotaError::Overflow`] when `burst × interval` is over
+    /// 2^62 ns.
     pub fn burst(self, burst: u32) -> Result<Quota, QuotaError> {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
         self.interval_ns
             .checked_mul(u64::from(burst))
+            .filter(|&ns| ns <= MAX_NS)
             .ok_or(QuotaError::Overflow {
                 what: "burst × interval",
             })?;

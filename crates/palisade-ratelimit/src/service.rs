@@ -41,7 +41,7 @@ pub(crate) struct Gate {
 
 enum State {
     Idle,
-    Waiting(u64),
+    Waiting { id: u64, arrived: u64 },
     Granted(Grant),
     Refused(RateLimited),
 }
@@ -65,34 +65,39 @@ impl Gate {
     /// Resolves once the request is admitted (a token is held) or refused.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &*self.limiter.shared;
+        let max_wait = match self.mode {
+            Mode::Reject => None,
+            Mode::Wait { max_wait } => max_wait,
+        };
+        // A refusal is a verdict for the `call` that follows; polled again instead, decide
+        // again (the limiter may have room by now).
+        if let State::Refused(_) = self.state {
+            self.state = State::Idle;
+        }
         loop {
             match self.state {
                 State::Granted(_) | State::Refused(_) => return Poll::Ready(()),
                 State::Idle => {
                     let now = shared.now();
-                    let max_wait = match self.mode {
-                        Mode::Reject => None,
-                        Mode::Wait { max_wait } => max_wait,
-                    };
-                    // Nobody is queued (or we never queue): try to go straight through.
-                    let slot = if self.mode == Mode::Reject || !shared.has_waiters() {
+                    // Waiters are served first come, first served: nobody passes them, in
+                    // either mode.
+                    let slot = if shared.has_waiters() {
+                        shared.estimated_slot(now)
+                    } else {
                         match shared.try_acquire(now) {
                             Ok(grant) => {
                                 self.state = State::Granted(grant);
                                 return Poll::Ready(());
                             }
-                            Err(deny) if self.mode == Mode::Reject => {
-                                let why = shared.denied(deny, now);
-                                tracing::debug!(retry_after = ?why.retry_after(), "rate limited: request refused");
-                                self.state = State::Refused(why);
-                                return Poll::Ready(());
-                            }
                             Err(_) => shared.estimated_slot(now),
                         }
-                    } else {
-                        shared.estimated_slot(now)
                     };
                     let wait = Duration::from_nanos(slot.saturating_sub(now));
+                    if self.mode == Mode::Reject {
+                        tracing::debug!(retry_after = ?wait, "rate limited: request refused");
+                        self.state = State::Refused(RateLimited::new(wait, shared.quota()));
+                        return Poll::Ready(());
+                    }
                     if max_wait.is_some_and(|max| wait > max) {
                         tracing::debug!(
                             ?wait,
@@ -103,33 +108,47 @@ impl Gate {
                         return Poll::Ready(());
                     }
                     tracing::trace!(?wait, "rate limit: waiting for a token");
-                    self.state = State::Waiting(shared.enqueue(now, cx.waker()));
+                    let id = shared.enqueue(now, cx.waker());
+                    self.state = State::Waiting { id, arrived: now };
                 }
-                State::Waiting(id) => match shared.turn(id, shared.now(), cx.waker()) {
-                    Turn::Admitted(grant) => {
-                        self.state = State::Granted(grant);
-                        return Poll::Ready(());
-                    }
-                    Turn::Queued => return Poll::Pending,
-                    Turn::SleepUntil(at) => {
-                        let deadline = shared.instant(at);
-                        let sleep = match &mut self.sleep {
-                            Some(sleep) => {
-                                if sleep.deadline() != deadline {
-                                    sleep.as_mut().reset(deadline);
-                                }
-                                sleep
-                            }
-                            slot @ None => {
-                                slot.insert(Box::pin(tokio::time::sleep_until(deadline)))
-                            }
-                        };
-                        if sleep.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
+                State::Waiting { id, arrived } => {
+                    let now = shared.now();
+                    match shared.turn(id, now, cx.waker()) {
+                        Turn::Admitted(grant) => {
+                            self.state = State::Granted(grant);
+                            return Poll::Ready(());
                         }
-                        // The slot has come: ask again.
+                        Turn::Gone => self.state = State::Idle,
+                        Turn::SleepUntil(at) => {
+                            // One total deadline: a wait that grew (a quota change) past
+                            // max_wait is refused, not served late.
+                            if max_wait.is_some_and(|max| {
+                                at.saturating_sub(arrived) > max.as_nanos() as u64
+                            }) {
+                                shared.cancel(id);
+                                let wait = Duration::from_nanos(at.saturating_sub(now));
+                                self.state = State::Refused(RateLimited::new(wait, shared.quota()));
+                                return Poll::Ready(());
+                            }
+                            let deadline = shared.instant(at);
+                            let sleep = match &mut self.sleep {
+                                Some(sleep) => {
+                                    if sleep.deadline() != deadline {
+                                        sleep.as_mut().reset(deadline);
+                                    }
+                                    sleep
+                                }
+                                slot @ None => {
+                                    slot.insert(Box::pin(tokio::time::sleep_until(deadline)))
+                                }
+                            };
+                            if sleep.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            // The slot has come: ask again.
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -144,7 +163,7 @@ impl Gate {
             // The token is spent: it now belongs to the request being called.
             State::Granted(_) => Admission::Admitted,
             State::Refused(why) => Admission::Refused(why),
-            State::Idle | State::Waiting(_) => {
+            State::Idle | State::Waiting { .. } => {
                 panic!("RateLimit: poll_ready must return Ready before call")
             }
         }
@@ -166,7 +185,7 @@ impl Clone for Gate {
 impl Drop for Gate {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Waiting(id) => self.limiter.shared.cancel(id),
+            State::Waiting { id, .. } => self.limiter.shared.cancel(id),
             State::Granted(grant) => self.limiter.shared.refund(grant),
             State::Idle | State::Refused(_) => {}
         }
@@ -177,7 +196,7 @@ impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Idle => "idle",
-            State::Waiting(_) => "waiting",
+            State::Waiting { .. } => "waiting",
             State::Granted(_) => "granted",
             State::Refused(_) => "refused",
         };

@@ -51,13 +51,27 @@ fn zero_and_overflow_are_errors_not_panics() {
     );
     assert_eq!(
         parse_err("1/999999999d"),
-        "invalid quota: the period is too large (limit: about 584 years in nanoseconds)"
+        "invalid quota: the period is too large (limit: 2^62 ns, about 146 years)"
+    );
+    // The bound is 2^62 ns (about 53,375 days), for periods and for burst × interval.
+    assert!("1/53375d".parse::<Quota>().is_ok());
+    assert_eq!(
+        parse_err("1/53376d"),
+        "invalid quota: the period is too large (limit: 2^62 ns, about 146 years)"
+    );
+    assert_eq!(
+        Quota::per_hour(1)
+            .unwrap()
+            .burst(1_300_000)
+            .unwrap_err()
+            .to_string(),
+        "invalid quota: burst × interval is too large (limit: 2^62 ns, about 146 years)"
     );
     assert_eq!(Quota::per_second(0), Err(QuotaError::ZeroCount));
     assert_eq!(Quota::new(1, Duration::ZERO), Err(QuotaError::ZeroPeriod));
     assert_eq!(
         Quota::new(1, Duration::MAX).unwrap_err().to_string(),
-        "invalid quota: the period is too large (limit: about 584 years in nanoseconds)"
+        "invalid quota: the period is too large (limit: 2^62 ns, about 146 years)"
     );
     let q = Quota::per_second(1).unwrap();
     assert_eq!(
@@ -70,7 +84,7 @@ fn zero_and_overflow_are_errors_not_panics() {
             .burst(u32::MAX)
             .unwrap_err()
             .to_string(),
-        "invalid quota: burst × interval is too large (limit: about 584 years in nanoseconds)"
+        "invalid quota: burst × interval is too large (limit: 2^62 ns, about 146 years)"
     );
 }
 

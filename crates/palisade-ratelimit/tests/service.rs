@@ -365,3 +365,93 @@ async fn handle_reports_remaining_burst_and_next_conforming() {
     tokio::time::advance(Duration::from_millis(250)).await;
     assert_eq!(limiter.remaining_burst(), 2);
 }
+
+/// A service that gave up waiting (its `ready()` future dropped) but is kept, parked, at the
+/// head of the queue must not hold up the waiters behind it.
+#[tokio::test(start_paused = true)]
+async fn a_parked_waiter_does_not_block_the_queue() {
+    let t0 = Instant::now();
+    let layer = RateLimitLayer::new(Quota::new(1, Duration::from_millis(10)).unwrap());
+    let limiter = layer.limiter().clone();
+    let svc = layer.layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    svc.clone().oneshot(()).await.unwrap();
+    let mut parked = svc.clone();
+    assert!(tokio::time::timeout(MS, parked.ready()).await.is_err());
+    assert_eq!(limiter.waiting(), 1);
+    let out = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(())).await;
+    out.expect("the waiter behind a parked one hung").unwrap();
+    // The parked waiter was given its slot (10 ms) in its absence; the next one got 20 ms.
+    assert_eq!(t0.elapsed(), Duration::from_millis(20));
+    assert_eq!(limiter.next_conforming(), t0 + Duration::from_millis(30));
+    // Dropping the parked service: its token's slot is past, so nothing comes back, and
+    // nothing is lost either.
+    drop(parked);
+    assert_eq!(limiter.waiting(), 0);
+    assert_eq!(limiter.next_conforming(), t0 + Duration::from_millis(30));
+}
+
+/// Burst > 1, others admitted while a readied service holds its token: dropping it gives the
+/// whole token back.
+#[tokio::test(start_paused = true)]
+async fn a_token_held_while_others_pass_comes_back_whole() {
+    let layer = RateLimitLayer::new(Quota::per_second(10).unwrap().burst(10).unwrap());
+    let limiter = layer.limiter().clone();
+    let mut held = layer.layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    limiter.check_n(5).unwrap();
+    held.ready().await.unwrap();
+    limiter.check().unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    drop(held);
+    assert_eq!(limiter.remaining_burst(), 5);
+}
+
+/// In reject mode a refusal is a verdict for the next `call`; polled again later, the service
+/// decides again.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_does_not_go_stale() {
+    let layer = RateLimitLayer::new(Quota::per_second(1).unwrap()).reject();
+    let mut svc = layer.layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    svc.ready().await.unwrap().call(()).await.unwrap();
+    svc.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    svc.ready().await.unwrap().call(()).await.unwrap();
+}
+
+/// A reject-mode layer sharing a limiter with waiters does not pass them.
+#[tokio::test(start_paused = true)]
+async fn reject_mode_does_not_overtake_waiters() {
+    let limiter = RateLimiter::new(Quota::per_second(1).unwrap());
+    let inner = service_fn(|()| async { Ok::<_, Infallible>(()) });
+    let waiting = RateLimitLayer::from_limiter(limiter.clone()).layer(inner);
+    let rejecting = RateLimitLayer::from_limiter(limiter.clone())
+        .reject()
+        .layer(inner);
+    limiter.check().unwrap();
+    let mut waiter = tokio_test::task::spawn(waiting.oneshot(()));
+    assert!(waiter.poll().is_pending());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The token of 1 s belongs to the waiter, even though its task has not run yet.
+    let err = rejecting.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<RateLimited>());
+    assert!(waiter.poll().is_ready());
+}
+
+/// `max_wait` is one total deadline: a wait that grows past it (the quota was lowered) is
+/// refused rather than served late.
+#[tokio::test(start_paused = true)]
+async fn max_wait_holds_when_the_wait_grows() {
+    let layer =
+        RateLimitLayer::new(Quota::per_second(10).unwrap()).max_wait(Duration::from_millis(150));
+    let limiter = layer.limiter().clone();
+    let svc = layer.layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    svc.clone().oneshot(()).await.unwrap();
+    let mut waiter = tokio_test::task::spawn(svc.clone().oneshot(()));
+    assert!(waiter.poll().is_pending());
+    limiter.set_quota(Quota::per_second(1).unwrap());
+    let out = match waiter.poll() {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("a wait past max_wait was kept"),
+    };
+    assert!(out.unwrap_err().is::<RateLimited>());
+    assert_eq!(limiter.waiting(), 0);
+}
