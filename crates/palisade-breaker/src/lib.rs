@@ -71,5 +71,10 @@ pub use service::CircuitBreaker;
 pub use state::{Breaker, State, Transition};
 pub use window::Counts;
 
+/// The README's example, compiled and run as a doctest.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The error type of the breaker's services: inner errors and [`CircuitOpen`], boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -607,3 +607,82 @@ mod loom_tests {
         });
     }
 }
+
+/// The state machine under many threads, with its invariants checked at every admission.
+///
+/// Real clock (tokio's cannot be paused across threads): the open duration is a few
+/// microseconds, so the breaker cycles open → half-open → closed many times during the run.
+#[cfg(all(test, not(palisade_loom)))]
+mod stress {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[test]
+    fn probes_in_flight_per_half_open_never_exceed_the_slots() {
+        const PROBES: u64 = 2;
+        let config = Config::builder()
+            .consecutive_failures(3)
+            .half_open_probes(PROBES as u16)
+            .close_after(2)
+            .open_duration(Duration::from_micros(20), 1, Duration::from_micros(20))
+            .jitter(0)
+            .build()
+            .unwrap();
+        let breaker = Breaker::new(config);
+        let in_flight: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+        let probes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let breaker = breaker.clone();
+                let in_flight = in_flight.clone();
+                let probes = probes.clone();
+                std::thread::spawn(move || {
+                    let mut seed = t * 0x9e37_79b9 + 1;
+                    for _ in 0..5_000 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let outcome = match seed % 4 {
+                            0 => Outcome::FAILURE,
+                            1 => Outcome::Ignore,
+                            _ => Outcome::Success,
+                        };
+                        let ticket = breaker.admit();
+                        if let Ticket::Probe(g) = ticket {
+                            probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut m = in_flight.lock().unwrap();
+                            let n = m.entry(g).or_default();
+                            *n += 1;
+                            assert!(*n <= PROBES, "{n} probes in flight in generation {g}");
+                        }
+                        std::thread::yield_now();
+                        if let Ticket::Probe(g) = ticket {
+                            *in_flight.lock().unwrap().get_mut(&g).unwrap() -= 1;
+                        }
+                        if seed % 7 == 0 {
+                            breaker.release(ticket); // dropped before completing
+                        } else {
+                            breaker.record(ticket, outcome, None);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(breaker.generation() > 10, "the breaker hardly moved");
+        assert!(probes.load(std::sync::atomic::Ordering::Relaxed) > 10);
+        // Nothing is wedged: with only successes from here on, it closes (once the open
+        // duration, 20 µs, has passed on the real clock).
+        for _ in 0..10_000_000 {
+            let ticket = breaker.admit();
+            breaker.record(ticket, Outcome::Success, None);
+            if breaker.state() == State::Closed {
+                return;
+            }
+        }
+        panic!("stuck in {:?}", breaker.state());
+    }
+}
