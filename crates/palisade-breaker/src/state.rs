@@ -243,10 +243,12 @@ impl Breaker {
         self.core.force(CLOSED);
     }
 
+    #[inline]
     pub(crate) fn admit(&self) -> Ticket {
         self.core.admit()
     }
 
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
         self.core.config.slow.is_some()
     }
@@ -257,11 +259,13 @@ impl Breaker {
 
     /// Records the outcome of a call admitted with `ticket`; `elapsed` when slow calls are
     /// timed.
+    #[inline]
     pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome, elapsed: Option<Duration>) {
         self.core.record(ticket, outcome, elapsed);
     }
 
     /// A call admitted with `ticket` ended without an outcome (dropped): free its probe slot.
+    #[inline]
     pub(crate) fn release(&self, ticket: Ticket) {
         if let Ticket::Probe(generation) = ticket {
             self.core.release_probe(generation);
@@ -355,6 +359,7 @@ impl Core {
             });
     }
 
+    #[inline]
     fn record(&self, ticket: Ticket, outcome: Outcome, elapsed: Option<Duration>) {
         let slow = match (self.config.slow, elapsed) {
             (Some((threshold, _)), Some(took)) => took >= threshold,
@@ -367,6 +372,7 @@ impl Core {
         }
     }
 
+    #[inline]
     fn record_closed(&self, generation: u64, outcome: Outcome, slow: bool) {
         let s = self.state.0.load(Ordering::Acquire);
         if s != pack(generation, CLOSED) {

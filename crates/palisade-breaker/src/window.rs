@@ -47,6 +47,9 @@ fn clamp(v: i64) -> u64 {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
+    /// `2^64 / n`, rounded up: the index of a ticket is found with two multiplications
+    /// instead of a division (Lemire's fast modulo, on the low 32 bits of the ticket).
+    magic: u64,
     seq: AtomicU64,
     failures: AtomicI64,
     slow: AtomicI64,
@@ -56,17 +59,37 @@ impl CountWindow {
     pub(crate) fn new(n: u32) -> CountWindow {
         CountWindow {
             slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            magic: (u64::MAX / u64::from(n)).wrapping_add(1),
             seq: AtomicU64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
         }
     }
 
+    /// `ticket mod n`, exact for the low 32 bits of the ticket. (When the ticket passes 2^32
+    /// the ring's order restarts once: one slot is overwritten early, and the counts, adjusted
+    /// by what each slot held, stay exact.)
+    #[inline]
+    fn index(&self, ticket: u64) -> usize {
+        let low = self.magic.wrapping_mul(u64::from(ticket as u32));
+        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
     pub(crate) fn record(&self, mark: Mark) {
         let code = mark.code();
+        // A full window of successes stays a full window of successes whichever slot a new
+        // success lands in: nothing to write, not even a ticket. This is the healthy path.
+        if code == SUCCESS
+            && self.failures.load(Ordering::Relaxed) == 0
+            && self.slow.load(Ordering::Relaxed) == 0
+            && self.seq.load(Ordering::Relaxed) >= self.slots.len() as u64
+        {
+            return;
+        }
         let ticket = self.seq.fetch_add(1, Ordering::Relaxed);
-        let slot = &self.slots[(ticket % self.slots.len() as u64) as usize];
-        // The common case — a success replacing a success — writes nothing.
+        let slot = &self.slots[self.index(ticket)];
+        // A success replacing a success writes nothing either.
         if slot.load(Ordering::Relaxed) == code {
             return;
         }
@@ -219,6 +242,7 @@ impl Window {
         matches!(self, Window::Time(_))
     }
 
+    #[inline]
     pub(crate) fn record(&self, mark: Mark, now: u64) {
         match self {
             Window::Count(w) => w.record(mark),
@@ -254,6 +278,16 @@ mod tests {
         failed: true,
         slow: false,
     };
+
+    #[test]
+    fn fast_modulo_is_exact() {
+        for n in [1u32, 2, 3, 7, 10, 100, 999, 1_000_000] {
+            let w = CountWindow::new(n);
+            for t in (0..10_000u64).chain((u64::from(u32::MAX) - 10_000)..=u64::from(u32::MAX)) {
+                assert_eq!(w.index(t), (t % u64::from(n)) as usize, "n={n} t={t}");
+            }
+        }
+    }
 
     #[test]
     fn count_window_slides() {

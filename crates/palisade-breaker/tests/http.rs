@@ -189,6 +189,7 @@ async fn idle_eviction_never_forgets_a_breaker_with_failure_state() {
     // clean ones; the open one and the one holding a failure are never forgotten.
     for k in 10..14 {
         svc.ready().await.unwrap().call((k, 200)).await.unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
     }
     assert!(breakers.peek(&0).is_some_and(|b| b.state() == State::Open));
     assert!(breakers.peek(&1).is_some_and(|b| b.counts().failures == 1));
