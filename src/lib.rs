@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `ratelimit` | [`ratelimit`] | `palisade-ratelimit`: a shared GCRA rate limit, wait or reject, keyed, HTTP 429 |
 //! | `breaker` | [`breaker`] | `palisade-breaker`: a circuit breaker with sliding windows and probe-only half-open |
+//! | `shutdown` | [`shutdown`] | `palisade-shutdown`: graceful shutdown that drains servers, workers and clients |
 //!
 //! # Example
 //!
@@ -27,3 +28,7 @@ pub use palisade_ratelimit as ratelimit;
 /// Circuit breaking: see [`palisade_breaker`].
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
+
+/// Graceful shutdown: see [`palisade_shutdown`].
+#[cfg(feature = "shutdown")]
+pub use palisade_shutdown as shutdown;
