@@ -50,5 +50,10 @@ pub use layer::{AsError, Refusal, ResponseFuture, ShutdownHandle, ShutdownLayer,
 pub use server::{serve, ServiceUnavailable};
 pub use shutdown::{DrainReport, ForceReason, Shutdown};
 
+/// The README's example, compiled as a doctest.
+#[cfg(all(doctest, feature = "server"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The error type of services that report refusals as errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
