@@ -45,8 +45,9 @@ impl ShutdownLayer {
 ///
 /// - the accept loop stops and the listener is closed: no new connection is taken;
 /// - every connection is asked to close gracefully — an idle keep-alive connection and one that
-///   never sent a request close at once, one with a response in flight closes after it (sent
-///   with `Connection: close`);
+///   never sent a byte close at once, one with a response in flight closes after it (sent with
+///   `Connection: close`); one that sent part of a first request is waited for (hyper's rule)
+///   until the force;
 /// - at the force (the drain deadline, or a second signal) the connections still open are cut,
 ///   long streaming responses included.
 ///

@@ -94,6 +94,8 @@ pub struct DrainReport {
     /// `None` when everything finished before the deadline.
     pub forced: Option<ForceReason>,
     /// Requests in flight at the trigger (or arriving just as it happened) that completed.
+    /// A request counts from its call until its response *head* is ready: the body of a
+    /// streaming response is the connection's, and its cut shows in `connections_cut_off`.
     pub requests_completed: u64,
     /// Requests that never completed: cut with their connection, or still running at the end.
     pub requests_cut_off: u64,
@@ -259,25 +261,40 @@ impl Shutdown {
     }
 
     /// Tracks a server connection: counted open until `conn` resolves; `cut` tells whether it
-    /// was cut at the force.
+    /// was cut at the force. The count is kept by a guard, so a handler panicking through the
+    /// connection task counts the connection out too (as cut).
     #[cfg(feature = "server")]
     pub(crate) fn track_connection<F>(&self, conn: F)
     where
         F: Future<Output = bool> + Send + 'static,
     {
-        self.inner.connections.fetch_add(1, Ordering::SeqCst);
-        let this = self.clone();
-        self.inner.tracker.spawn(async move {
-            let cut = conn.await;
-            this.inner.connections.fetch_sub(1, Ordering::SeqCst);
-            if this.is_triggered() {
-                let counter = if cut {
-                    &this.inner.connections_cut
-                } else {
-                    &this.inner.connections_closed
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+        struct Open {
+            shutdown: Shutdown,
+            cut: bool,
+        }
+        impl Drop for Open {
+            fn drop(&mut self) {
+                let inner = &self.shutdown.inner;
+                inner.connections.fetch_sub(1, Ordering::SeqCst);
+                if self.shutdown.is_triggered() {
+                    let counter = if self.cut {
+                        &inner.connections_cut
+                    } else {
+                        &inner.connections_closed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
             }
+        }
+        self.inner.connections.fetch_add(1, Ordering::SeqCst);
+        let mut open = Open {
+            shutdown: self.clone(),
+            // Until the connection says otherwise (a panic unwinding through it leaves this).
+            cut: true,
+        };
+        self.inner.tracker.spawn(async move {
+            open.cut = conn.await;
+            drop(open);
         });
     }
 
@@ -313,9 +330,11 @@ impl Shutdown {
         let mut progress = tokio::time::interval_at(start + inner.log_interval, inner.log_interval);
         let forced = loop {
             tokio::select! {
+                // In this order: when the work is done just as the deadline passes, it is done.
+                biased;
                 () = &mut everything => break None,
-                () = &mut deadline => break Some(ForceReason::Deadline),
                 () = inner.forced.cancelled() => break Some(ForceReason::Forced),
+                () = &mut deadline => break Some(ForceReason::Deadline),
                 _ = progress.tick() => tracing::info!(
                     requests = self.requests_in_flight(),
                     connections = self.connections(),
