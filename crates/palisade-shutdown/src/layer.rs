@@ -159,7 +159,8 @@ impl ShutdownHandle {
     }
 
     /// Resolves when no request is in flight (at once if none is). Close first, or new requests
-    /// may keep it waiting.
+    /// may keep it waiting. A request is in flight until its response *head* is ready; the body
+    /// of a streaming response may still be flowing.
     pub async fn drain(&self) {
         self.gate.drained().await;
     }

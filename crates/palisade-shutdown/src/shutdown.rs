@@ -173,7 +173,8 @@ impl Shutdown {
     }
 
     /// Spawns a task that triggers the shutdown on the first SIGTERM or SIGINT (Ctrl-C where
-    /// there are no unix signals) and forces it on the second.
+    /// there are no unix signals) and forces it on the second. A signal that arrives when the
+    /// shutdown was already triggered by code forces it.
     ///
     /// # Errors
     ///
@@ -183,6 +184,12 @@ impl Shutdown {
         let this = self.clone();
         Ok(tokio::spawn(async move {
             let name = signals.recv().await;
+            if this.is_triggered() {
+                // Already draining (triggered by code): this signal is the second word.
+                tracing::warn!(signal = name, "shutdown signal during the drain: forcing");
+                this.force();
+                return;
+            }
             tracing::info!(signal = name, "shutdown signal received: draining");
             this.trigger();
             let name = signals.recv().await;
@@ -328,12 +335,14 @@ impl Shutdown {
         let deadline = tokio::time::sleep_until(start + inner.deadline);
         tokio::pin!(deadline);
         let mut progress = tokio::time::interval_at(start + inner.log_interval, inner.log_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let forced = loop {
             tokio::select! {
-                // In this order: when the work is done just as the deadline passes, it is done.
+                // In this order: a force (whose cuts end the work at once) is a force; work
+                // done just as the deadline passes is done.
                 biased;
-                () = &mut everything => break None,
                 () = inner.forced.cancelled() => break Some(ForceReason::Forced),
+                () = &mut everything => break None,
                 () = &mut deadline => break Some(ForceReason::Deadline),
                 _ = progress.tick() => tracing::info!(
                     requests = self.requests_in_flight(),
