@@ -13,26 +13,33 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use palisade_shutdown::{serve, Shutdown};
 //! use tower::ServiceBuilder;
 //!
-//! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let shutdown = Shutdown::new(Duration::from_secs(30));
-//!     shutdown.listen_for_signals()?;
-//!     let app = ServiceBuilder::new()
-//!         .layer(shutdown.layer().service_unavailable())
-//!         .service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-//!             Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello\n")))
-//!         });
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//!     serve(listener, app, &shutdown).await?; // returns once a signal arrived
-//!     let report = shutdown.drain().await;
-//!     println!("{report}");
-//!     Ok(())
-//! }
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = Shutdown::new(Duration::from_secs(30));
+//! // In a real server: SIGTERM/SIGINT trigger it, a second one forces it.
+//! shutdown.listen_for_signals()?;
+//! let app = ServiceBuilder::new()
+//!     .layer(shutdown.layer().service_unavailable())
+//!     .service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello\n")))
+//!     });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = tokio::spawn({
+//!     let shutdown = shutdown.clone();
+//!     async move { serve(listener, app, &shutdown).await }
+//! });
+//!
+//! shutdown.trigger(); // here by hand; `serve` stops accepting
+//! server.await??;
+//! let report = shutdown.drain().await; // waits for in-flight work, up to 30 s
+//! assert!(report.forced.is_none());
+//! println!("{report}");
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
