@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     closed: AtomicBool,
+    /// Cancelled on close: wakes callers parked in `poll_ready` on a busy inner service.
+    closing: CancellationToken,
     in_flight: AtomicUsize,
     idle: Notify,
     completed_after_close: AtomicU64,
@@ -43,9 +46,14 @@ impl Gate {
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.closing.cancel();
         if self.in_flight.load(Ordering::SeqCst) == 0 {
             self.idle.notify_waiters();
         }
+    }
+
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.closing
     }
 
     pub(crate) fn is_closed(&self) -> bool {

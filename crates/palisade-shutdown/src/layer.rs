@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -132,6 +133,7 @@ impl<S, R: Clone> Layer<S> for ShutdownLayer<R> {
             gate: self.gate.clone(),
             refusal: self.refusal.clone(),
             refuse: false,
+            closing: None,
         }
     }
 }
@@ -189,6 +191,9 @@ pub struct ShutdownService<S, R = AsError> {
     /// Closed when `poll_ready` ran: `call` refuses without the inner service having been
     /// polled.
     refuse: bool,
+    /// Made the first time the inner service is not ready: wakes this caller when the layer
+    /// closes, so that it is refused at once instead of waiting for a busy inner service.
+    closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl<S, R> ShutdownService<S, R> {
@@ -215,6 +220,7 @@ impl<S: Clone, R: Clone> Clone for ShutdownService<S, R> {
             gate: self.gate.clone(),
             refusal: self.refusal.clone(),
             refuse: false,
+            closing: None,
         }
     }
 }
@@ -244,7 +250,20 @@ where
             return Poll::Ready(Ok(()));
         }
         self.refuse = false;
-        self.inner.poll_ready(cx).map_err(R::Error::from)
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map_err(R::Error::from)),
+            Poll::Pending => {
+                let gate = &self.gate;
+                let closing = self
+                    .closing
+                    .get_or_insert_with(|| Box::pin(gate.closing().clone().cancelled_owned()));
+                if closing.as_mut().poll(cx).is_ready() {
+                    self.refuse = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

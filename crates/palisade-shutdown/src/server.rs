@@ -51,7 +51,11 @@ impl ShutdownLayer {
 /// - at the force (the drain deadline, or a second signal) the connections still open are cut,
 ///   long streaming responses included.
 ///
-/// Returns when the accept loop ends; [`Shutdown::drain`] waits for the connections. Put
+/// Returns when the accept loop ends; [`Shutdown::drain`] waits for the connections.
+///
+/// Not covered: a connection upgraded (e.g. to a WebSocket) leaves hyper's connection future,
+/// and with it this drain; track the upgraded socket's task yourself (e.g. with
+/// [`Shutdown::spawn`]). Put
 /// [`Shutdown::layer`] (with [`ShutdownLayer::service_unavailable`]) on `service` to count
 /// requests in flight and refuse new ones with `503`.
 ///
@@ -82,8 +86,11 @@ where
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                // Back off (e.g. out of file descriptors), but not past the trigger.
+                tokio::select! {
+                    () = shutdown.triggered() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
             }
         };
         let svc = TowerToHyperService::new(service.clone());

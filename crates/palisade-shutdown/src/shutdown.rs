@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -70,6 +70,7 @@ struct Inner {
     log_interval: Duration,
     triggered_at: OnceLock<Instant>,
     force_reason: OnceLock<ForceReason>,
+    listening: AtomicBool,
     connections: AtomicUsize,
     connections_closed: AtomicU64,
     connections_cut: AtomicU64,
@@ -163,6 +164,7 @@ impl Shutdown {
                 log_interval: log_interval.max(Duration::from_millis(1)),
                 triggered_at: OnceLock::new(),
                 force_reason: OnceLock::new(),
+                listening: AtomicBool::new(false),
                 connections: AtomicUsize::new(0),
                 connections_closed: AtomicU64::new(0),
                 connections_cut: AtomicU64::new(0),
@@ -178,8 +180,17 @@ impl Shutdown {
     ///
     /// # Errors
     ///
-    /// When the signal handlers cannot be registered.
+    /// When the signal handlers cannot be registered, or when this shutdown already listens
+    /// (`AlreadyExists`).
     pub fn listen_for_signals(&self) -> std::io::Result<JoinHandle<()>> {
+        // Two listeners would both see one signal, and the second would take it for a
+        // second signal.
+        if self.inner.listening.swap(true, Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already listening for shutdown signals",
+            ));
+        }
         let mut signals = Signals::new()?;
         let this = self.clone();
         Ok(tokio::spawn(async move {
@@ -253,6 +264,8 @@ impl Shutdown {
         let this = self.clone();
         self.inner.tracker.spawn(async move {
             tokio::select! {
+                // Work that finishes just as the force comes has finished.
+                biased;
                 out = fut => {
                     if this.is_triggered() {
                         this.inner.tasks_completed.fetch_add(1, Ordering::Relaxed);
@@ -332,16 +345,20 @@ impl Shutdown {
             inner.requests.drained().await;
         };
         tokio::pin!(everything);
-        let deadline = tokio::time::sleep_until(start + inner.deadline);
+        let deadline = tokio::time::sleep_until(far(start, inner.deadline));
         tokio::pin!(deadline);
-        let mut progress = tokio::time::interval_at(start + inner.log_interval, inner.log_interval);
+        let mut progress =
+            tokio::time::interval_at(far(start, inner.log_interval), inner.log_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let forced = loop {
             tokio::select! {
                 // In this order: a force (whose cuts end the work at once) is a force; work
                 // done just as the deadline passes is done.
                 biased;
-                () = inner.forced.cancelled() => break Some(ForceReason::Forced),
+                // Forced by a signal, by `force()`, or by another drain's deadline: report why.
+                () = inner.forced.cancelled() => {
+                    break Some(*inner.force_reason.get().unwrap_or(&ForceReason::Forced))
+                }
                 () = &mut everything => break None,
                 () = &mut deadline => break Some(ForceReason::Deadline),
                 _ = progress.tick() => tracing::info!(
@@ -386,6 +403,13 @@ impl fmt::Debug for Shutdown {
             .field("tasks", &self.tasks())
             .finish()
     }
+}
+
+/// `start + d`, or about 30 years on for a `d` too large (`Duration::MAX` = "no deadline").
+fn far(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 /// SIGTERM and SIGINT, or Ctrl-C where there are no unix signals.

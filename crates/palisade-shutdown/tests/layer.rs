@@ -545,3 +545,74 @@ async fn drain_after_the_deadline_with_nothing_left_is_not_forced() {
         assert_eq!(report.cut_off(), 0);
     }
 }
+
+/// An inner service that is never ready (a saturated pool, say).
+#[derive(Clone, Default)]
+struct Saturated;
+
+impl tower::Service<u32> for Saturated {
+    type Response = u32;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<u32, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        std::future::ready(Ok(n))
+    }
+}
+
+/// A caller already waiting in `poll_ready` on a busy inner service is refused as soon as the
+/// shutdown begins, not when the inner service frees up.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_on_a_busy_inner_service_is_refused_at_the_trigger() {
+    use tower::{Layer, ServiceExt};
+    let shutdown = palisade_shutdown::Shutdown::new(std::time::Duration::from_secs(10));
+    let svc = shutdown.layer().layer(Saturated);
+    let mut waiter = tokio_test::task::spawn(svc.oneshot(1));
+    assert!(waiter.poll().is_pending());
+    shutdown.trigger();
+    assert!(
+        waiter.is_woken(),
+        "the waiting caller was not woken by the trigger"
+    );
+    match waiter.poll() {
+        std::task::Poll::Ready(Err(e)) => assert!(e.is::<palisade_shutdown::ShuttingDown>()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Two drains of one shutdown agree on why it was forced.
+#[tokio::test(start_paused = true)]
+async fn concurrent_drains_report_the_same_reason() {
+    let shutdown = palisade_shutdown::Shutdown::new(std::time::Duration::from_secs(10));
+    let _stuck = shutdown.spawn(|_| std::future::pending::<()>());
+    let (a, b) = tokio::join!(shutdown.drain(), shutdown.drain());
+    assert_eq!(a.forced, Some(palisade_shutdown::ForceReason::Deadline));
+    assert_eq!(b.forced, Some(palisade_shutdown::ForceReason::Deadline));
+}
+
+/// `Duration::MAX` means "no deadline", not a panic.
+#[tokio::test(start_paused = true)]
+async fn an_endless_deadline_does_not_overflow() {
+    let shutdown = palisade_shutdown::Shutdown::with_log_interval(
+        std::time::Duration::MAX,
+        std::time::Duration::MAX,
+    );
+    let report = shutdown.drain().await;
+    assert_eq!(report.forced, None);
+}
+
+/// Listening twice would make one signal look like two.
+#[tokio::test(start_paused = true)]
+async fn listening_for_signals_twice_is_refused() {
+    let shutdown = palisade_shutdown::Shutdown::new(std::time::Duration::from_secs(10));
+    shutdown.listen_for_signals().unwrap();
+    let err = shutdown.listen_for_signals().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+}

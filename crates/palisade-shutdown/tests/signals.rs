@@ -28,7 +28,7 @@ const BOUND: Duration = Duration::from_secs(10);
 /// Requests in flight when SIGTERM arrives.
 const SLOW: usize = 20;
 /// How long each of them takes: long enough that they are all still running at the signal.
-const SLOW_MS: u64 = 2000;
+const SLOW_MS: u64 = 5000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
