@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The sliding window the trip rules read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -169,8 +171,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Spread each open duration by up to ± `percent` % (0–100), so breakers of many clients do
-    /// not probe in step.
+    /// Spread each open duration by up to ± `percent` % (0–50), so breakers of many clients do
+    /// not probe in step. The result never exceeds the cap.
     pub fn jitter(mut self, percent: u8) -> Self {
         self.config.jitter_percent = percent;
         self
@@ -208,6 +210,9 @@ impl ConfigBuilder {
                     return Err(ConfigError::new(format!(
                         "time window span {span:?} is not a whole number of buckets of {bucket:?}"
                     )));
+                }
+                if span > YEAR {
+                    return Err(ConfigError::new("time window span is longer than a year"));
                 }
                 let buckets = span.as_nanos() / bucket.as_nanos();
                 if buckets > 3600 {
@@ -253,6 +258,9 @@ impl ConfigBuilder {
                 "max_half_open_wait must be longer than zero",
             ));
         }
+        if c.max_half_open_wait > YEAR {
+            return Err(ConfigError::new("max_half_open_wait is longer than a year"));
+        }
         if c.open_base.is_zero() {
             return Err(ConfigError::new("open duration must be longer than zero"));
         }
@@ -267,14 +275,23 @@ impl ConfigBuilder {
                 c.open_cap, c.open_base
             )));
         }
-        if c.open_cap > Duration::from_secs(365 * 24 * 3600) {
+        if c.open_cap > YEAR {
             return Err(ConfigError::new("open duration cap is longer than a year"));
         }
-        if c.jitter_percent > 100 {
+        if c.jitter_percent > 50 {
             return Err(ConfigError::new(format!(
-                "jitter must be 0–100 %, not {}",
+                "jitter must be 0–50 %, not {} (more could make an opening almost nothing)",
                 c.jitter_percent
             )));
+        }
+        if let WindowKind::Count(n) = c.window {
+            let rate_rule = c.failure_rate.is_some() || c.slow.is_some();
+            if rate_rule && c.minimum_calls > n {
+                return Err(ConfigError::new(format!(
+                    "minimum_calls {} is more than the count window holds ({n}): the rate rules could never apply",
+                    c.minimum_calls
+                )));
+            }
         }
         Ok(c)
     }

@@ -93,16 +93,42 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
     }
 }
 
-/// Keys a request by its URI's scheme and authority (`https://api.example:443`): one breaker per
-/// upstream origin. A request with a relative URI gets the key `None`, shared by all such.
+/// An upstream origin: scheme, host (lower-cased) and port (the scheme's default when the URI
+/// has none), so `http://A.example`, `http://a.example:80` and `http://a.example/x` are one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    scheme: Option<http::uri::Scheme>,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// The origin of `uri`, or `None` for a relative URI.
+    pub fn of(uri: &http::Uri) -> Option<Origin> {
+        let authority = uri.authority()?;
+        let scheme = uri.scheme().cloned();
+        let default_port = match scheme.as_ref().map(|s| s.as_str()) {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        };
+        Some(Origin {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().or(default_port),
+            scheme,
+        })
+    }
+}
+
+/// Keys a request by its URI's [`Origin`] (scheme, host, port): one breaker per upstream. A
+/// request with a relative URI gets the key `None`, shared by all such.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Authority;
 
 impl<B> Keyer<Request<B>> for Authority {
-    type Key = Option<(Option<http::uri::Scheme>, http::uri::Authority)>;
+    type Key = Option<Origin>;
 
     fn key(&self, req: &Request<B>) -> Self::Key {
-        let uri = req.uri();
-        uri.authority().map(|a| (uri.scheme().cloned(), a.clone()))
+        Origin::of(req.uri())
     }
 }

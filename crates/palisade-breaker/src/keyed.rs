@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,7 +54,8 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// with no failure or slow call in their window — and idle for `idle` are forgotten, and if
 /// that frees nothing, the least recently used clean one. A breaker that is open, half-open,
 /// forced, or holds failures is never forgotten: forgetting it would hand a failing host a fresh
-/// breaker. So the bound can be exceeded only by breakers that carry failure state.
+/// breaker. So the bound can be exceeded only by breakers that carry failure state; while it
+/// is, the table is scanned for room once per `max_keys/64` new keys, not on every one.
 pub struct KeyedBreakers<K> {
     shared: Arc<Shared<K>>,
 }
@@ -65,6 +66,8 @@ struct Shared<K> {
     idle: Duration,
     origin: Instant,
     map: DashMap<K, Entry>,
+    /// With the bound exceeded, the table size at which to scan for evictions next.
+    scan_at: AtomicUsize,
 }
 
 struct Entry {
@@ -96,6 +99,7 @@ impl<K: Hash + Eq + Clone> KeyedBreakers<K> {
                 idle,
                 origin: Instant::now(),
                 map: DashMap::new(),
+                scan_at: AtomicUsize::new(0),
             }),
         }
     }
@@ -112,8 +116,18 @@ impl<K: Hash + Eq + Clone> KeyedBreakers<K> {
             e.last_used.store(now, Ordering::Relaxed);
             return e.breaker.clone();
         }
-        if self.shared.map.len() >= self.shared.max_keys {
+        let len = self.shared.map.len();
+        if len >= self.shared.max_keys && len >= self.shared.scan_at.load(Ordering::Relaxed) {
             self.evict(now);
+            // Over the bound even so (every breaker carries failure state): scan again only
+            // after another 1/64 of the bound has been added, not on every new key.
+            let len = self.shared.map.len();
+            let next = if len >= self.shared.max_keys {
+                len + (self.shared.max_keys / 64).max(1)
+            } else {
+                0
+            };
+            self.shared.scan_at.store(next, Ordering::Relaxed);
         }
         self.shared
             .map

@@ -80,10 +80,21 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // The breaker first: while open, answer Ready without touching the inner service, so a
         // rate limiter or pool below spends nothing on a request that will be refused.
-        let ticket = *self
-            .gate
-            .ticket
-            .get_or_insert_with(|| self.gate.breaker.admit());
+        // A ticket kept from an earlier poll is decided again unless it holds a probe slot: a
+        // refusal may be stale (the breaker has recovered since), and so may a pass taken under
+        // a closed state that has since opened.
+        let ticket = match self.gate.ticket {
+            Some(Ticket::Probe(g)) => Ticket::Probe(g),
+            Some(Ticket::Closed(g)) if g == self.gate.breaker.generation() => Ticket::Closed(g),
+            Some(Ticket::Pass) if self.gate.breaker.state() == crate::State::Disabled => {
+                Ticket::Pass
+            }
+            _ => {
+                let t = self.gate.breaker.admit();
+                self.gate.ticket = Some(t);
+                t
+            }
+        };
         if let Ticket::Rejected(_) = ticket {
             return Poll::Ready(Ok(()));
         }

@@ -126,13 +126,17 @@ pub(crate) struct Core {
     /// When the current state was entered (ns since origin).
     since: AtomicU64,
     open_until: AtomicU64,
+    /// The generation whose `since` and `open_until` are written: until it matches the state
+    /// word, a transition is still being published and those two are not to be read.
+    stamp: AtomicU64,
     /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
     half_open: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
-    /// The longest `Retry-After` a failure carried since the last opening (ns).
-    retry_floor: AtomicU64,
+    /// The latest instant (ns since origin) until which a failure's `Retry-After` asked callers
+    /// to stay away: an opening lasts at least until then (capped at the open cap).
+    retry_until: AtomicU64,
     rejected: AtomicU64,
     window: Padded<Window>,
     jitter_seed: u64,
@@ -183,10 +187,11 @@ impl Breaker {
                 config,
                 since: AtomicU64::new(0),
                 open_until: AtomicU64::new(0),
+                stamp: AtomicU64::new(0),
                 half_open: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
                 openings: AtomicU32::new(0),
-                retry_floor: AtomicU64::new(0),
+                retry_until: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 window: Padded(window),
                 jitter_seed: seed.finish(),
@@ -300,6 +305,10 @@ impl Core {
                 DISABLED => return Ticket::Pass,
                 FORCED_OPEN => return self.reject(None),
                 OPEN => {
+                    if self.stamp.load(Ordering::Acquire) != generation {
+                        // Opening right now; its duration is not written yet.
+                        return self.reject(None);
+                    }
                     let now = self.now();
                     let until = self.open_until.load(Ordering::Acquire);
                     if now < until {
@@ -311,17 +320,24 @@ impl Core {
                     let next = generation + 1;
                     let _ = self.half_open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
                         let (hg, _, _) = unpack_half(h);
-                        (hg != next & 0xffff_ffff).then(|| pack_half(next, 0, 0))
+                        // Only over an older generation's slots (32-bit wrapping order): a
+                        // caller far behind must not wipe a newer half-open's.
+                        let older = (next as u32).wrapping_sub(hg as u32) as i32 > 0;
+                        older.then(|| pack_half(next, 0, 0))
                     });
-                    self.transition(s, HALF_OPEN, now);
+                    self.transition(s, HALF_OPEN, now, None);
                 }
                 _ /* HALF_OPEN */ => {
                     if self.take_probe(generation) {
                         return Ticket::Probe(generation);
                     }
+                    if self.stamp.load(Ordering::Acquire) != generation {
+                        return self.reject(None); // half-open is being entered right now
+                    }
                     let now = self.now();
                     let since = self.since.load(Ordering::Acquire);
-                    if now.saturating_sub(since) < self.config.max_half_open_wait.as_nanos() as u64 {
+                    let wait = u64::try_from(self.config.max_half_open_wait.as_nanos()).unwrap_or(u64::MAX);
+                    if now.saturating_sub(since) < wait {
                         return self.reject(None);
                     }
                     // The probes have had their time and not decided: one has hung. Reopen;
@@ -388,10 +404,7 @@ impl Core {
             }
             Outcome::Failure { retry_after } => {
                 if let Some(ra) = retry_after {
-                    self.retry_floor.fetch_max(
-                        u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX),
-                        Ordering::AcqRel,
-                    );
+                    self.note_retry_after(ra);
                 }
                 true
             }
@@ -456,18 +469,24 @@ impl Core {
                     retry_after: Some(ra),
                 } = outcome
                 {
-                    self.retry_floor.fetch_max(
-                        u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX),
-                        Ordering::AcqRel,
-                    );
+                    self.note_retry_after(ra);
                 }
                 self.open(s, self.now());
             }
         }
     }
 
+    /// Remembers until when the upstream asked to be left alone (an absolute instant, so an old
+    /// hint cannot lengthen a later, unrelated opening).
+    fn note_retry_after(&self, ra: Duration) {
+        let until = self
+            .now()
+            .saturating_add(u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX));
+        self.retry_until.fetch_max(until, Ordering::AcqRel);
+    }
+
     /// Opens from `from` (closed or half-open), for a duration that grows with each opening in
-    /// a row, jittered, and no shorter than the upstream's `Retry-After`.
+    /// a row, jittered, no shorter than the upstream's `Retry-After`, never longer than the cap.
     fn open(&self, from: u64, now: u64) {
         let cfg = &self.config;
         let k = self.openings.load(Ordering::Acquire);
@@ -488,19 +507,17 @@ impl Core {
                 d = d - span + r % (2 * span + 1);
             }
         }
-        let floor = self.retry_floor.load(Ordering::Acquire);
-        d = d.max(floor);
-        self.open_until
-            .store(now.saturating_add(d), Ordering::Release);
-        if self.transition(from, OPEN, now) {
+        let floor = self.retry_until.load(Ordering::Acquire).saturating_sub(now);
+        d = d.max(floor).min(cap);
+        // Only the winner of the transition writes the duration (see `stamp`).
+        if self.transition(from, OPEN, now, Some(now.saturating_add(d))) {
             self.openings.fetch_add(1, Ordering::AcqRel);
-            self.retry_floor.store(0, Ordering::Release);
             tracing::warn!(open_for = ?Duration::from_nanos(d), openings = k + 1, "circuit breaker opened");
         }
     }
 
     fn close(&self, from: u64) {
-        if self.transition(from, CLOSED, self.now()) {
+        if self.transition(from, CLOSED, self.now(), None) {
             self.window.0.reset();
             self.consecutive.store(0, Ordering::Release);
             self.openings.store(0, Ordering::Release);
@@ -514,9 +531,9 @@ impl Core {
                 self.window.0.reset();
                 self.consecutive.store(0, Ordering::Release);
                 self.openings.store(0, Ordering::Release);
-                self.retry_floor.store(0, Ordering::Release);
+                self.retry_until.store(0, Ordering::Release);
             }
-            if self.transition(s, code, self.now()) {
+            if self.transition(s, code, self.now(), None) {
                 return;
             }
             s = self.state.0.load(Ordering::Acquire);
@@ -524,8 +541,9 @@ impl Core {
     }
 
     /// Moves from the exact state word `from` to `code` in the next generation; false if
-    /// another thread moved first.
-    fn transition(&self, from: u64, code: u64, now: u64) -> bool {
+    /// another thread moved first. The winner then writes when the state began (and, when
+    /// opening, until when) and stamps them with the new generation.
+    fn transition(&self, from: u64, code: u64, now: u64, open_until: Option<u64>) -> bool {
         let to = pack((from >> 3) + 1, code);
         if self
             .state
@@ -536,6 +554,10 @@ impl Core {
             return false;
         }
         self.since.store(now, Ordering::Release);
+        if let Some(until) = open_until {
+            self.open_until.store(until, Ordering::Release);
+        }
+        self.stamp.store(to >> 3, Ordering::Release);
         let t = Transition {
             from: State::from_code(from & 7),
             to: State::from_code(code),
@@ -568,6 +590,7 @@ mod loom_tests {
             .open_duration(Duration::from_nanos(1), 1, Duration::from_nanos(1))
             .jitter(0)
             .count_window(4)
+            .minimum_calls(4)
             .build()
             .unwrap()
     }
@@ -623,6 +646,39 @@ mod stress {
     use super::*;
     use std::collections::HashMap;
     use std::sync::Mutex;
+
+    /// Threads failing at the same instant race to open it: only the winner sets the open
+    /// duration, so a loser that saw the backoff grow cannot stretch it.
+    #[test]
+    fn racing_openers_do_not_stretch_the_open_duration() {
+        let config = Config::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(10), 100, Duration::from_secs(1000))
+            .jitter(0)
+            .build()
+            .unwrap();
+        for _ in 0..500 {
+            let breaker = Breaker::new(config.clone());
+            let tickets: Vec<_> = (0..4).map(|_| breaker.admit()).collect();
+            let threads: Vec<_> = tickets
+                .into_iter()
+                .map(|t| {
+                    let b = breaker.clone();
+                    std::thread::spawn(move || b.record(t, Outcome::FAILURE, None))
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            match breaker.admit() {
+                Ticket::Rejected(Some(d)) => {
+                    assert!(d <= Duration::from_secs(10), "open for {d:?}")
+                }
+                Ticket::Rejected(None) => {}
+                other => panic!("not open: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn probes_in_flight_per_half_open_never_exceed_the_slots() {

@@ -115,36 +115,46 @@ impl CountWindow {
         }
     }
 
+    /// Empties the window by taking each slot's outcome out of the totals — never by storing
+    /// zeros over them, which would lose a record racing with the reset and leave the totals
+    /// out of step with the slots for good.
     pub(crate) fn reset(&self) {
-        for s in self.slots.iter() {
-            s.store(0, Ordering::Relaxed);
-        }
-        self.failures.store(0, Ordering::Relaxed);
-        self.slow.store(0, Ordering::Relaxed);
         self.seq.store(0, Ordering::Release);
+        for slot in self.slots.iter() {
+            let old = slot.swap(0, Ordering::AcqRel);
+            if old & FAILED != 0 {
+                self.failures.fetch_sub(1, Ordering::AcqRel);
+            }
+            if old & SLOW != 0 {
+                self.slow.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
 // ===== TimeWindow =====
 
-/// Per-bucket counts, packed: calls in the low 22 bits, failures in the next 21, slow in the
-/// top 21. Only added to, and emptied by a swap, so no field ever borrows from the next.
-const CALL: u64 = 1;
-const FAIL: u64 = 1 << 22;
-const SLOWB: u64 = 1 << 43;
+/// One bucket: the outcomes of one slice of time, tagged with nothing — the window's `head`
+/// says which slice each bucket holds.
+#[derive(Debug, Default)]
+struct Bucket {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
 
-fn unpack(v: u64) -> (i64, i64, i64) {
-    (
-        (v & (FAIL - 1)) as i64,
-        ((v >> 22) & ((1 << 21) - 1)) as i64,
-        (v >> 43) as i64,
-    )
+impl Bucket {
+    /// Empties the bucket, returning what it held.
+    fn take(&self) -> (i64, i64, i64) {
+        let take = |c: &AtomicU64| i64::try_from(c.swap(0, Ordering::AcqRel)).unwrap_or(i64::MAX);
+        (take(&self.calls), take(&self.failures), take(&self.slow))
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     width: u64,
-    buckets: Box<[AtomicU64]>,
+    buckets: Box<[Bucket]>,
     /// The newest bucket index (time / width) the window has slid to, plus one (0 = never).
     head: AtomicU64,
     calls: AtomicI64,
@@ -157,11 +167,23 @@ impl TimeWindow {
         let n = span_ns / width_ns;
         TimeWindow {
             width: width_ns,
-            buckets: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..n).map(|_| Bucket::default()).collect(),
             head: AtomicU64::new(0),
             calls: AtomicI64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
+        }
+    }
+
+    fn subtract(&self, (c, f, s): (i64, i64, i64)) {
+        if c != 0 {
+            self.calls.fetch_sub(c, Ordering::AcqRel);
+        }
+        if f != 0 {
+            self.failures.fetch_sub(f, Ordering::AcqRel);
+        }
+        if s != 0 {
+            self.slow.fetch_sub(s, Ordering::AcqRel);
         }
     }
 
@@ -180,13 +202,7 @@ impl TimeWindow {
                     let n = self.buckets.len() as u64;
                     let first = if epoch - head >= n { epoch - n } else { head };
                     for e in first..epoch {
-                        let old = self.buckets[(e % n) as usize].swap(0, Ordering::AcqRel);
-                        if old != 0 {
-                            let (c, f, s) = unpack(old);
-                            self.calls.fetch_sub(c, Ordering::AcqRel);
-                            self.failures.fetch_sub(f, Ordering::AcqRel);
-                            self.slow.fetch_sub(s, Ordering::AcqRel);
-                        }
+                        self.subtract(self.buckets[(e % n) as usize].take());
                     }
                     return;
                 }
@@ -198,13 +214,15 @@ impl TimeWindow {
     pub(crate) fn record(&self, mark: Mark, now: u64) {
         self.slide(now);
         let n = self.buckets.len() as u64;
-        let add = CALL + if mark.failed { FAIL } else { 0 } + if mark.slow { SLOWB } else { 0 };
-        self.buckets[((now / self.width) % n) as usize].fetch_add(add, Ordering::AcqRel);
+        let bucket = &self.buckets[((now / self.width) % n) as usize];
+        bucket.calls.fetch_add(1, Ordering::AcqRel);
         self.calls.fetch_add(1, Ordering::AcqRel);
         if mark.failed {
+            bucket.failures.fetch_add(1, Ordering::AcqRel);
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
         if mark.slow {
+            bucket.slow.fetch_add(1, Ordering::AcqRel);
             self.slow.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -218,13 +236,11 @@ impl TimeWindow {
         }
     }
 
+    /// Empties the window bucket by bucket, taking what each held off the totals.
     pub(crate) fn reset(&self) {
         for b in self.buckets.iter() {
-            b.store(0, Ordering::Relaxed);
+            self.subtract(b.take());
         }
-        self.calls.store(0, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        self.slow.store(0, Ordering::Release);
     }
 }
 
@@ -369,5 +385,49 @@ mod tests {
                 prop_assert_eq!(got.failures, inside.iter().filter(|(_, f)| *f).count() as u64);
             }
         }
+    }
+}
+
+#[cfg(all(test, not(palisade_loom)))]
+mod concurrent {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Records racing with resets never leave the totals out of step with the slots.
+    #[test]
+    fn totals_match_the_slots_after_racing_resets() {
+        let w = Arc::new(CountWindow::new(16));
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let mut x = t + 1;
+                    for i in 0..50_000u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if t == 0 && i % 97 == 0 {
+                            w.reset();
+                        } else {
+                            w.record(Mark {
+                                failed: x % 3 == 0,
+                                slow: x % 5 == 0,
+                            });
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let in_slots = |bit: u8| {
+            w.slots
+                .iter()
+                .filter(|s| s.load(Ordering::SeqCst) & bit != 0)
+                .count() as u64
+        };
+        let c = w.counts();
+        assert_eq!((c.failures, c.slow), (in_slots(FAILED), in_slots(SLOW)));
     }
 }

@@ -421,15 +421,52 @@ async fn retry_after_from_the_upstream_is_a_floor() {
         },
         Err(_) => Outcome::FAILURE,
     });
-    let layer = CircuitBreakerLayer::new(quick_open().consecutive_failures(1).build().unwrap())
-        .with_classifier(classifier);
+    let config = Config::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(60))
+        .jitter(0)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::new(config).with_classifier(classifier);
+    let breaker = layer.breaker().clone();
     let mut svc = layer.layer(service_fn(|s: u64| async move { Ok::<_, Infallible>(s) }));
+    let retry = |e: BoxError| e.downcast_ref::<CircuitOpen>().unwrap().retry_after();
+
+    // The upstream says 30 s: open 30 s, not the base 1 s.
     svc.ready().await.unwrap().call(30).await.unwrap();
     let err = svc.ready().await.unwrap().call(0).await.unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<CircuitOpen>().unwrap().retry_after(),
-        Some(Duration::from_secs(30))
-    );
+    assert_eq!(retry(err), Some(Duration::from_secs(30)));
+
+    // An absurd Retry-After is held to the open cap.
+    breaker.reset();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(u64::MAX / 1_000_000_000)
+        .await
+        .unwrap();
+    let err = svc.ready().await.unwrap().call(0).await.unwrap_err();
+    assert_eq!(retry(err), Some(Duration::from_secs(60)));
+
+    // An old hint does not lengthen a later, unrelated opening.
+    breaker.reset();
+    let quiet = Config::builder()
+        .consecutive_failures(2)
+        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(600))
+        .jitter(0)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::new(quiet).with_classifier(classifier);
+    let breaker = layer.breaker().clone();
+    let mut svc = layer.layer(service_fn(|s: u64| async move { Ok::<_, Infallible>(s) }));
+    svc.ready().await.unwrap().call(300).await.unwrap(); // one failure: not open
+    svc.ready().await.unwrap().call(0).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    svc.ready().await.unwrap().call(5).await.unwrap();
+    svc.ready().await.unwrap().call(5).await.unwrap();
+    assert_eq!(breaker.state(), State::Open);
+    let err = svc.ready().await.unwrap().call(0).await.unwrap_err();
+    assert_eq!(retry(err), Some(Duration::from_secs(5)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -510,4 +547,67 @@ async fn slow_calls_trip_it() {
     assert_eq!(breaker.state(), State::Open);
     // The window starts over only on closing: it still shows what tripped it.
     assert_eq!(breaker.counts().slow, 2);
+}
+
+/// A probe of an earlier half-open that succeeds late does not close the current one.
+#[tokio::test(start_paused = true)]
+async fn a_stale_probe_success_does_not_close_a_later_half_open() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .close_after(1)
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let release = Arc::new(Notify::new());
+    let slow_ok = {
+        let release = release.clone();
+        layer.layer(service_fn(move |_: bool| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok::<(), &str>(())
+            }
+        }))
+    };
+    // Probe B (slow, will succeed) and probe A (fails now) of the same half-open.
+    let b = tokio::spawn(slow_ok.clone().oneshot(true));
+    tokio::task::yield_now().await;
+    let mut svc = flaky(&layer);
+    let _ = send(&mut svc, false).await;
+    assert_eq!(breaker.state(), State::Open);
+    // Next half-open: a new probe C holds its slot.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let c = tokio::spawn(slow_ok.oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let generation = breaker.generation();
+    // B's late success belongs to the old half-open: nothing closes.
+    release.notify_one();
+    b.await.unwrap().unwrap();
+    assert_eq!(
+        (breaker.state(), breaker.generation()),
+        (State::HalfOpen, generation)
+    );
+    release.notify_one();
+    c.await.unwrap().unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// A refusal kept from an earlier `poll_ready` is decided again: the breaker may have
+/// recovered since.
+#[tokio::test(start_paused = true)]
+async fn a_stale_refusal_is_decided_again() {
+    let breaker = Breaker::new(quick_open().consecutive_failures(1).build().unwrap());
+    trip(&breaker).await;
+    let mut svc = flaky(&CircuitBreakerLayer::from_breaker(breaker.clone()));
+    svc.ready().await.unwrap(); // refused, kept
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // Polled again after the open duration: it is a probe now, and succeeds.
+    svc.ready().await.unwrap().call(true).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
 }

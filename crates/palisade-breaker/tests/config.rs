@@ -89,8 +89,20 @@ fn invalid_configs_say_what_is_wrong() {
             "open duration cap is longer than a year",
         ),
         (
-            Config::builder().jitter(101),
-            "jitter must be 0–100 %, not 101",
+            Config::builder().jitter(51),
+            "jitter must be 0–50 %, not 51 (more could make an opening almost nothing)",
+        ),
+        (
+            Config::builder().count_window(10),
+            "minimum_calls 20 is more than the count window holds (10): the rate rules could never apply",
+        ),
+        (
+            Config::builder().max_half_open_wait(s(400 * 24 * 3600)),
+            "max_half_open_wait is longer than a year",
+        ),
+        (
+            Config::builder().time_window(s(400 * 24 * 3600), s(400 * 24 * 3600)),
+            "time window span is longer than a year",
         ),
     ];
     for (builder, message) in cases {

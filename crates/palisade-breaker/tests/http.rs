@@ -128,10 +128,7 @@ async fn one_hosts_breaker_opens_another_stays_closed() {
             .await
             .unwrap();
     }
-    let key = |uri: &str| {
-        let uri: http::Uri = uri.parse().unwrap();
-        Some((uri.scheme().cloned(), uri.authority().unwrap().clone()))
-    };
+    let key = |uri: &str| palisade_breaker::http::Origin::of(&uri.parse().unwrap());
     assert_eq!(
         breakers.peek(&key("http://down.example/")).unwrap().state(),
         State::Open
@@ -154,13 +151,21 @@ async fn one_hosts_breaker_opens_another_stays_closed() {
         .call(get("http://up.example/200"))
         .await
         .unwrap();
-    // The same host on another port is another origin.
+    // The same host on another port is another origin; the default port spelled out is not.
     svc.ready()
         .await
         .unwrap()
         .call(get("http://down.example:8080/200"))
         .await
         .unwrap();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://DOWN.example:80/200"))
+        .await
+        .unwrap_err();
+    assert!(err.is::<CircuitOpen>());
 }
 
 #[tokio::test(start_paused = true)]
