@@ -374,7 +374,6 @@ mod loom_tests {
                 .collect();
             let admitted = handles
                 .into_iter()
-                .filter(|_| true)
                 .map(|h| h.join().unwrap())
                 .filter(|&ok| ok)
                 .count();

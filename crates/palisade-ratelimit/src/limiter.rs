@@ -152,11 +152,7 @@ impl RateLimiter {
 
     /// The quota in force.
     pub fn quota(&self) -> Quota {
-        *self
-            .shared
-            .quota
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.quota()
     }
 
     /// Changes the quota while traffic flows, keeping what is owed measured in requests: a
