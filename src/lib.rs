@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `ratelimit` | [`ratelimit`] | `palisade-ratelimit`: a shared GCRA rate limit, wait or reject, keyed, HTTP 429 |
 //! | `breaker` | [`breaker`] | `palisade-breaker`: a circuit breaker with sliding windows and probe-only half-open |
+//! | `pool` | [`pool`] | `palisade-pool`: a keyed connection pool with hard limits, FIFO hand-off and an awaitable close |
 //! | `shutdown` | [`shutdown`] | `palisade-shutdown`: graceful shutdown that drains servers, workers and clients |
 //!
 //! # Example
@@ -28,6 +29,10 @@ pub use palisade_ratelimit as ratelimit;
 /// Circuit breaking: see [`palisade_breaker`].
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
+
+/// Connection pooling: see [`palisade_pool`].
+#[cfg(feature = "pool")]
+pub use palisade_pool as pool;
 
 /// Graceful shutdown: see [`palisade_shutdown`].
 #[cfg(feature = "shutdown")]

@@ -1,0 +1,308 @@
+//! [`ResponseFuture`]: checkout (idle, connect or wait), readiness, the call, and the return.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{sleep, Instant, Sleep};
+use tower_service::Service;
+
+use crate::error::{ConnectTimeout, PoolClosed, PoolTimeout};
+use crate::lease::{Lease, PoolKey, SlotGuard, WaitGuard};
+use crate::pool::{Checkout, Grant, Refused, Shared};
+use crate::BoxError;
+
+enum State<K: PoolKey, Conn> {
+    /// Not checked out yet (or an idle connection turned out stale: check out again).
+    Start {
+        shared: Arc<Shared<K, Conn>>,
+        key: K,
+    },
+    /// Queued for a connection or a slot.
+    Waiting(WaitGuard<K, Conn>),
+    /// A slot is reserved; the connector is being made ready or is connecting.
+    Connecting(SlotGuard<K, Conn>),
+    /// A connection is leased; waiting for it to be ready. `fresh`: just connected.
+    Ready {
+        lease: Lease<K, Conn>,
+        fresh: bool,
+    },
+    /// The request is in flight on the leased connection.
+    Calling(Lease<K, Conn>),
+    Done,
+}
+
+pin_project! {
+    /// The response future of [`Pool`](crate::Pool).
+    pub struct ResponseFuture<C, K, Req>
+    where
+        C: Service<K>,
+        C::Response: Service<Req>,
+        K: PoolKey,
+    {
+        // Declared first so they are dropped before the guards below.
+        #[pin]
+        connect: Option<C::Future>,
+        #[pin]
+        call: Option<<C::Response as Service<Req>>::Future>,
+        #[pin]
+        timer: Option<Sleep>,
+        // The duration the timer was armed with, for the error it reports.
+        armed: Duration,
+        // The clock reading of the checkout, while this poll has not returned `Pending` since:
+        // the return then reuses it instead of reading the clock again (it is at most one
+        // poll old, and an older idle-since only makes the idle timeout stricter).
+        clock: Option<Instant>,
+        connector: C,
+        req: Option<Req>,
+        state: State<K, C::Response>,
+    }
+}
+
+impl<C, K, Req> fmt::Debug for ResponseFuture<C, K, Req>
+where
+    C: Service<K>,
+    C::Response: Service<Req>,
+    K: PoolKey,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Start { .. } => "checkout",
+            State::Waiting(_) => "waiting",
+            State::Connecting(_) => "connecting",
+            State::Ready { .. } => "ready",
+            State::Calling(_) => "calling",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, K, Req> ResponseFuture<C, K, Req>
+where
+    C: Service<K>,
+    C::Response: Service<Req>,
+    K: PoolKey,
+{
+    pub(crate) fn new(shared: Arc<Shared<K, C::Response>>, connector: C, key: K, req: Req) -> Self {
+        ResponseFuture {
+            connect: None,
+            call: None,
+            timer: None,
+            armed: Duration::ZERO,
+            clock: None,
+            connector,
+            req: Some(req),
+            state: State::Start { shared, key },
+        }
+    }
+}
+
+impl<C, K, Req> Future for ResponseFuture<C, K, Req>
+where
+    C: Service<K>,
+    C::Error: Into<BoxError>,
+    C::Response: Service<Req> + Send + 'static,
+    <C::Response as Service<Req>>::Error: Into<BoxError>,
+    K: PoolKey,
+    Req: 'static,
+{
+    type Output = Result<<C::Response as Service<Req>>::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match std::mem::replace(this.state, State::Done) {
+                State::Start { shared, key } => match shared.checkout(&key, {
+                    let now = Instant::now();
+                    *this.clock = Some(now);
+                    now
+                }) {
+                    Ok(Checkout::Idle(conn, meta)) => {
+                        *this.state = State::Ready {
+                            lease: Lease::new(shared, key, conn, meta),
+                            fresh: false,
+                        };
+                    }
+                    Ok(Checkout::Connect) => {
+                        let timeout = shared.config.connect_timeout;
+                        *this.armed = timeout.unwrap_or_default();
+                        this.timer.set(timeout.map(sleep));
+                        *this.state = State::Connecting(SlotGuard::new(shared, key));
+                    }
+                    Ok(Checkout::Wait(cell, idx, seq, wake_upkeep)) => {
+                        // The checkout timeout is kept by the pool's upkeep task, which fails
+                        // the waiter with `Grant::TimedOut`: no timer per waiter.
+                        shared.start_upkeep();
+                        if wake_upkeep {
+                            shared.wake_upkeep();
+                        }
+                        *this.state = State::Waiting(WaitGuard::new(shared, key, cell, idx, seq));
+                    }
+                    Err(Refused::Closed(e)) => return Poll::Ready(Err(e.into())),
+                    Err(Refused::Full(e)) => return Poll::Ready(Err(e.into())),
+                    Err(Refused::Backoff(e)) => return Poll::Ready(Err(e.into())),
+                },
+                State::Waiting(mut guard) => match guard.poll(cx) {
+                    Poll::Ready((Grant::Conn(conn, meta), shared, key)) => {
+                        *this.state = State::Ready {
+                            lease: Lease::new(shared, key, conn, meta),
+                            fresh: false,
+                        };
+                    }
+                    Poll::Ready((Grant::Connect, shared, key)) => {
+                        let timeout = shared.config.connect_timeout;
+                        *this.armed = timeout.unwrap_or_default();
+                        this.timer.set(timeout.map(sleep));
+                        *this.state = State::Connecting(SlotGuard::new(shared, key));
+                    }
+                    Poll::Ready((Grant::Closed, _, _)) => {
+                        return Poll::Ready(Err(PoolClosed.into()))
+                    }
+                    Poll::Ready((Grant::TimedOut, shared, _)) => {
+                        let waited = shared.config.checkout_timeout.unwrap_or_default();
+                        return Poll::Ready(Err(PoolTimeout::new(waited).into()));
+                    }
+                    Poll::Pending => {
+                        *this.state = State::Waiting(guard);
+                        {
+                            *this.clock = None;
+                            return Poll::Pending;
+                        }
+                    }
+                },
+                State::Connecting(slot) => {
+                    if this.connect.is_none() {
+                        match this.connector.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {
+                                let fut = this.connector.call(slot.key.clone());
+                                this.connect.set(Some(fut));
+                            }
+                            Poll::Ready(Err(e)) => {
+                                let e: BoxError = e.into();
+                                slot.failed(&e);
+                                return Poll::Ready(Err(e));
+                            }
+                            Poll::Pending => {
+                                if timer_fired(this.timer.as_mut(), cx) {
+                                    let e = ConnectTimeout::new(*this.armed);
+                                    slot.failed(&e);
+                                    return Poll::Ready(Err(e.into()));
+                                }
+                                *this.state = State::Connecting(slot);
+                                {
+                                    *this.clock = None;
+                                    return Poll::Pending;
+                                }
+                            }
+                        }
+                    }
+                    let fut = this.connect.as_mut().as_pin_mut().expect("set above");
+                    match fut.poll(cx) {
+                        Poll::Ready(Ok(conn)) => {
+                            // The connect timer stays armed until the new connection is ready:
+                            // a handshake that stalls there is still a connect that took too long.
+                            this.connect.set(None);
+                            *this.state = State::Ready {
+                                lease: slot.connected(conn),
+                                fresh: true,
+                            };
+                        }
+                        Poll::Ready(Err(e)) => {
+                            this.connect.set(None);
+                            this.timer.set(None);
+                            let e: BoxError = e.into();
+                            slot.failed(&e);
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            if timer_fired(this.timer.as_mut(), cx) {
+                                this.connect.set(None);
+                                let e = ConnectTimeout::new(*this.armed);
+                                slot.failed(&e);
+                                return Poll::Ready(Err(e.into()));
+                            }
+                            *this.state = State::Connecting(slot);
+                            {
+                                *this.clock = None;
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+                State::Ready { mut lease, fresh } => match lease.conn_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        this.timer.set(None);
+                        let req = this.req.take().expect("the request is sent once");
+                        let fut = lease.conn_mut().call(req);
+                        this.call.set(Some(fut));
+                        *this.state = State::Calling(lease);
+                    }
+                    Poll::Ready(Err(e)) if fresh => {
+                        this.timer.set(None);
+                        drop(lease.discard());
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    Poll::Pending if fresh => {
+                        if timer_fired(this.timer.as_mut(), cx) {
+                            drop(lease.discard());
+                            return Poll::Ready(Err(ConnectTimeout::new(*this.armed).into()));
+                        }
+                        *this.state = State::Ready { lease, fresh };
+                        *this.clock = None;
+                        return Poll::Pending;
+                    }
+                    // An idle or handed-over connection that is broken, or not ready: not used.
+                    // The request was not sent, and this checkout keeps its turn: the slot is
+                    // reused for another idle connection of the key or a new one.
+                    Poll::Ready(Err(_)) | Poll::Pending => {
+                        let (shared, key, next) = lease.replace();
+                        tracing::debug!(key = ?key, "pool: connection broken at checkout; replaced");
+                        match next {
+                            Checkout::Idle(conn, meta) => {
+                                *this.state = State::Ready {
+                                    lease: Lease::new(shared, key, conn, meta),
+                                    fresh: false,
+                                };
+                            }
+                            _ => {
+                                let timeout = shared.config.connect_timeout;
+                                *this.armed = timeout.unwrap_or_default();
+                                this.timer.set(timeout.map(sleep));
+                                *this.state = State::Connecting(SlotGuard::new(shared, key));
+                            }
+                        }
+                    }
+                },
+                State::Calling(lease) => {
+                    let fut = this.call.as_mut().as_pin_mut().expect("set when calling");
+                    let result = match fut.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            *this.state = State::Calling(lease);
+                            {
+                                *this.clock = None;
+                                return Poll::Pending;
+                            }
+                        }
+                    };
+                    this.call.set(None);
+                    lease.release::<Req>(this.clock.take());
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                State::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// Whether the armed timer (if any) has fired.
+fn timer_fired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+    timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready())
+}

@@ -1,0 +1,1104 @@
+//! The pool's bookkeeping: per-key idle lists, slot counts, FIFO wait queues and the hand-off
+//! of connections and free slots to waiters. No tower types: a connection is any value.
+//!
+//! Every change happens under one mutex, held only for bookkeeping: connections are dropped
+//! and waiters woken after it is released (see [`Effects`]). A waiter is registered under the
+//! same lock that found no idle connection and no free slot, and every connection returned or
+//! slot freed is handed to the oldest waiter directly, so a wake-up can neither be lost nor
+//! stolen by a later arrival.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{Backoff, Config};
+use crate::error::{ConnectBackoff, PoolClosed, PoolFull};
+use crate::stats::{CloseReport, KeyStats, PoolStats};
+
+/// When a connection was opened and when it expires.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) expires: Option<Instant>,
+}
+
+struct Idle<C> {
+    conn: C,
+    meta: Meta,
+    since: Instant,
+}
+
+/// What a waiter is handed.
+pub(crate) enum Grant<C> {
+    /// A connection, already counted as leased.
+    Conn(C, Meta),
+    /// A reserved slot: connect.
+    Connect,
+    /// The pool closed while it waited.
+    Closed,
+    /// The checkout timeout passed.
+    TimedOut,
+}
+
+enum WaitState<C> {
+    Vacant,
+    Waiting,
+    Granted(Grant<C>),
+}
+
+/// Where a waiter's grant is delivered. The pool writes it under its own lock; the waiter
+/// reads it taking only this cell's lock, so a woken waiter does not contend for the pool's.
+pub(crate) struct WaitCell<C> {
+    inner: Mutex<CellState<C>>,
+}
+
+struct CellState<C> {
+    state: WaitState<C>,
+    waker: Option<Waker>,
+}
+
+impl<C> WaitCell<C> {
+    fn new() -> Self {
+        WaitCell {
+            inner: Mutex::new(CellState {
+                state: WaitState::Waiting,
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CellState<C>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Ready` with the grant once there is one.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Grant<C>> {
+        let mut cell = self.lock();
+        match std::mem::replace(&mut cell.state, WaitState::Vacant) {
+            WaitState::Granted(grant) => {
+                cell.waker = None;
+                Poll::Ready(grant)
+            }
+            WaitState::Waiting => {
+                cell.state = WaitState::Waiting;
+                match &mut cell.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            WaitState::Vacant => unreachable!("a waiter polled after it took its grant"),
+        }
+    }
+}
+
+/// A place in the wait queue. The slot is free again as soon as its waiter is granted
+/// something; its cell is reused only once the waiter has let go of it.
+struct WaitSlot<C> {
+    seq: u64,
+    deadline: Option<Instant>,
+    cell: Arc<WaitCell<C>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    opened: u64,
+    reused: u64,
+    closed: u64,
+    evicted: u64,
+    failed: u64,
+}
+
+struct KeyState<C> {
+    /// Oldest first; reused from the back (the most recently used is the least likely to be
+    /// stale), swept from the front.
+    idle: VecDeque<Idle<C>>,
+    connecting: usize,
+    leased: usize,
+    /// Connections being closed: they keep their slots until they have been dropped, so a
+    /// new connection never opens beside one still closing.
+    closing: usize,
+    /// Waiters of this key in arrival order: `(slot index, sequence number)`.
+    queue: VecDeque<(usize, u64)>,
+    counters: Counters,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_error: String,
+}
+
+impl<C> KeyState<C> {
+    fn new() -> Self {
+        KeyState {
+            idle: VecDeque::new(),
+            connecting: 0,
+            leased: 0,
+            closing: 0,
+            queue: VecDeque::new(),
+            counters: Counters::default(),
+            failures: 0,
+            backoff_until: None,
+            last_error: String::new(),
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.idle.len() + self.connecting + self.leased + self.closing
+    }
+
+    /// Nothing left to keep: no connection, no waiter, no backoff still counting (a backoff
+    /// is remembered for its maximum after it ends, so a failing key keeps doubling).
+    fn is_unused(&self, now: Instant, backoff: Option<Backoff>) -> bool {
+        self.live() == 0
+            && self.queue.is_empty()
+            && match (self.backoff_until, backoff) {
+                (Some(until), Some(b)) => now >= until + b.max,
+                _ => true,
+            }
+    }
+}
+
+struct Inner<K, C> {
+    keys: HashMap<K, KeyState<C>, foldhash::fast::RandomState>,
+    /// Connections over all keys: connecting, idle and leased.
+    live: usize,
+    waiting: usize,
+    closed: bool,
+    slots: Vec<WaitSlot<C>>,
+    free_slots: Vec<usize>,
+    seq: u64,
+    totals: Counters,
+    rng: u64,
+    /// When the upkeep task next wakes for a waiter's deadline (`None`: it does not).
+    upkeep_at: Option<Instant>,
+}
+
+/// Work to do once the lock is released: close connections (then free their slots), wake
+/// waiters, tell `close` the pool is empty.
+#[must_use]
+pub(crate) struct Effects<K, C> {
+    wake: Option<Waker>,
+    more_wakes: Vec<Waker>,
+    close: Option<(K, C)>,
+    more_closes: Vec<(K, C)>,
+    drained: bool,
+}
+
+impl<K, C> Effects<K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    fn new() -> Self {
+        Effects {
+            wake: None,
+            more_wakes: Vec::new(),
+            close: None,
+            more_closes: Vec::new(),
+            drained: false,
+        }
+    }
+
+    fn wake(&mut self, waker: Option<Waker>) {
+        if let Some(w) = waker {
+            if self.wake.is_none() {
+                self.wake = Some(w);
+            } else {
+                self.more_wakes.push(w);
+            }
+        }
+    }
+
+    /// `conn` (counted as closing in `key`) is to be dropped, then its slot freed.
+    fn close(&mut self, key: &K, conn: C) {
+        if self.close.is_none() {
+            self.close = Some((key.clone(), conn));
+        } else {
+            self.more_closes.push((key.clone(), conn));
+        }
+    }
+
+    /// Runs the effects; call after the lock is released.
+    pub(crate) fn run(mut self, shared: &Shared<K, C>) {
+        if self.close.is_some() {
+            let mut keys = Vec::with_capacity(1 + self.more_closes.len());
+            for (key, conn) in self
+                .close
+                .take()
+                .into_iter()
+                .chain(self.more_closes.drain(..))
+            {
+                drop(conn);
+                keys.push(key);
+            }
+            // Closed now: free the slots (which may wake waiters).
+            let mut inner = shared.lock();
+            for key in &keys {
+                if let Some(ks) = inner.keys.get_mut(key) {
+                    ks.closing -= 1;
+                }
+                inner.live -= 1;
+                inner.grant_free_slot(&shared.config, &mut self);
+            }
+            if inner.closed && inner.live == 0 {
+                self.drained = true;
+            }
+        }
+        if let Some(w) = self.wake {
+            w.wake();
+        }
+        for w in self.more_wakes {
+            w.wake();
+        }
+        if self.drained {
+            shared.drained.notify_waiters();
+        }
+    }
+}
+
+/// Clears the upkeep task's "running" flag when dropped.
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The state every service, layer and handle of one pool shares.
+pub(crate) struct Shared<K, C> {
+    pub(crate) config: Config,
+    inner: Mutex<Inner<K, C>>,
+    drained: Notify,
+    /// Wakes the upkeep task: a waiter with an earlier deadline than it sleeps for, or the
+    /// pool is gone.
+    upkeep: Arc<Notify>,
+    /// Whether the upkeep task is alive (it clears this when it ends, including when its
+    /// runtime shuts down, so the next user starts it again).
+    upkeep_running: Arc<AtomicBool>,
+}
+
+impl<K, C> Drop for Shared<K, C> {
+    fn drop(&mut self) {
+        // The upkeep task holds only a weak reference: let it see the pool is gone.
+        self.upkeep.notify_one();
+    }
+}
+
+/// The outcome of a checkout attempt.
+pub(crate) enum Checkout<C> {
+    /// An idle connection, now leased.
+    Idle(C, Meta),
+    /// A slot reserved for a new connection: connect.
+    Connect,
+    /// Queued: wait for a grant in this cell (slot index, sequence number). `true`: the
+    /// upkeep task must be woken to watch this waiter's deadline.
+    Wait(Arc<WaitCell<C>>, usize, u64, bool),
+}
+
+/// Why a checkout was refused at once.
+pub(crate) enum Refused {
+    Closed(PoolClosed),
+    Full(PoolFull),
+    Backoff(ConnectBackoff),
+}
+
+impl<K, C> fmt::Debug for Shared<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, C> Shared<K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    pub(crate) fn new(config: Config) -> Self {
+        Shared {
+            config,
+            inner: Mutex::new(Inner {
+                keys: HashMap::default(),
+                live: 0,
+                waiting: 0,
+                closed: false,
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                seq: 0,
+                totals: Counters::default(),
+                rng: 0x9E37_79B9_7F4A_7C15,
+                upkeep_at: None,
+            }),
+            drained: Notify::new(),
+            upkeep: Arc::new(Notify::new()),
+            upkeep_running: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<K, C>> {
+        // Bookkeeping is finished before any call that could panic, so a poisoned lock still
+        // holds consistent counts.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes an idle connection of `key`, reserves a slot to connect, or queues.
+    pub(crate) fn checkout(&self, key: &K, now: Instant) -> Result<Checkout<C>, Refused> {
+        let mut fx = Effects::new();
+        let result = {
+            let mut inner = self.lock();
+            inner.checkout(key, now, &self.config, &mut fx)
+        };
+        fx.run(self);
+        result
+    }
+
+    /// A waiter gave up (dropped): leave the queue, or pass on what it was handed.
+    pub(crate) fn cancel_wait(&self, key: &K, cell: &WaitCell<C>, idx: usize, seq: u64) {
+        let mut fx = Effects::new();
+        {
+            let mut inner = self.lock();
+            let state = std::mem::replace(&mut cell.lock().state, WaitState::Vacant);
+            match state {
+                WaitState::Waiting => {
+                    // Still queued, so the slot is still this waiter's.
+                    debug_assert_eq!(inner.slots[idx].seq, seq);
+                    inner.waiting -= 1;
+                    inner.free_slots.push(idx);
+                    if let Some(ks) = inner.keys.get_mut(key) {
+                        let pos = ks.queue.iter().position(|&(i, s)| i == idx && s == seq);
+                        if let Some(pos) = pos {
+                            ks.queue.remove(pos);
+                        }
+                    }
+                }
+                WaitState::Granted(Grant::Conn(conn, meta)) => {
+                    inner.give_back(key, conn, meta, Instant::now(), &self.config, &mut fx);
+                }
+                WaitState::Granted(Grant::Connect) => {
+                    inner.release_slot(key, &self.config, &mut fx, |ks| ks.connecting -= 1);
+                }
+                WaitState::Granted(Grant::Closed | Grant::TimedOut) | WaitState::Vacant => {}
+            }
+        }
+        fx.run(self);
+    }
+
+    /// A reserved slot produced a connection: count it as opened and leased.
+    pub(crate) fn connected(&self, key: &K) -> Meta {
+        let now = Instant::now();
+        let meta = {
+            let mut inner = self.lock();
+            let jitter = inner.jitter(self.config.lifetime_jitter);
+            let inner = &mut *inner;
+            inner.totals.opened += 1;
+            let ks = inner
+                .keys
+                .get_mut(key)
+                .expect("a connecting key has an entry");
+            ks.connecting -= 1;
+            ks.leased += 1;
+            ks.counters.opened += 1;
+            ks.failures = 0;
+            ks.backoff_until = None;
+            Meta {
+                expires: self.config.max_lifetime.map(|l| now + (l - jitter)),
+            }
+        };
+        tracing::debug!(key = ?key, "pool: connection opened");
+        meta
+    }
+
+    /// A reserved slot failed to connect: free it and count the failure.
+    pub(crate) fn connect_failed(&self, key: &K, error: &dyn fmt::Display) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut inner = self.lock();
+            inner.totals.failed += 1;
+            if let Some(ks) = inner.keys.get_mut(key) {
+                ks.counters.failed += 1;
+                if let Some(b) = self.config.backoff {
+                    ks.failures = ks.failures.saturating_add(1);
+                    ks.last_error = error.to_string();
+                    if ks.failures >= b.after {
+                        ks.backoff_until = Some(now + b.delay(ks.failures));
+                    }
+                }
+            }
+            inner.release_slot(key, &self.config, &mut fx, |ks| ks.connecting -= 1);
+        }
+        tracing::debug!(key = ?key, %error, "pool: connect failed");
+        fx.run(self);
+    }
+
+    /// A leased connection turned out broken before its request was sent (`conn` is already
+    /// dropped): its slot serves the same checkout, which keeps its turn — with another idle
+    /// connection of the key if there is one, else by connecting.
+    pub(crate) fn replace_broken(&self, key: &K, now: Instant) -> Checkout<C> {
+        let mut fx = Effects::new();
+        let next = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            inner.totals.closed += 1;
+            let ks = inner
+                .keys
+                .get_mut(key)
+                .expect("a leased connection's key has an entry");
+            ks.counters.closed += 1;
+            ks.leased -= 1;
+            let mut next = None;
+            while let Some(idle) = ks.idle.pop_back() {
+                if expired(&idle.meta, Some(idle.since), now, self.config.idle_timeout) {
+                    ks.counters.closed += 1;
+                    ks.counters.evicted += 1;
+                    inner.totals.closed += 1;
+                    inner.totals.evicted += 1;
+                    ks.closing += 1;
+                    fx.close(key, idle.conn);
+                    continue;
+                }
+                ks.leased += 1;
+                ks.counters.reused += 1;
+                inner.totals.reused += 1;
+                next = Some(Checkout::Idle(idle.conn, idle.meta));
+                break;
+            }
+            next.unwrap_or_else(|| {
+                ks.connecting += 1;
+                Checkout::Connect
+            })
+        };
+        fx.run(self);
+        next
+    }
+
+    /// A reserved slot was given up before it connected (the checkout was dropped).
+    pub(crate) fn connect_abandoned(&self, key: &K) {
+        let mut fx = Effects::new();
+        self.lock()
+            .release_slot(key, &self.config, &mut fx, |ks| ks.connecting -= 1);
+        fx.run(self);
+    }
+
+    /// A leased connection is ready for another request: hand it to the oldest waiter, or
+    /// keep it idle (closing it if it expired, the pool closed, or the key has enough idle).
+    pub(crate) fn give_back(&self, key: &K, conn: C, meta: Meta, now: Instant) {
+        let mut fx = Effects::new();
+        self.lock()
+            .give_back(key, conn, meta, now, &self.config, &mut fx);
+        fx.run(self);
+    }
+
+    /// A leased connection is broken, or its request was abandoned: close it, then free its
+    /// slot.
+    pub(crate) fn discard(&self, key: &K, conn: C) {
+        drop(conn);
+        let mut fx = Effects::new();
+        {
+            let mut inner = self.lock();
+            inner.totals.closed += 1;
+            if let Some(ks) = inner.keys.get_mut(key) {
+                ks.counters.closed += 1;
+            }
+            inner.release_slot(key, &self.config, &mut fx, |ks| ks.leased -= 1);
+        }
+        tracing::debug!(key = ?key, "pool: connection discarded");
+        fx.run(self);
+    }
+
+    /// One round of upkeep: when `sweep` is set, close expired idle connections and forget
+    /// unused keys; always, fail the waiters whose checkout timeout has passed. Returns the
+    /// earliest deadline of the waiters left, and whether the pool is closed and empty.
+    fn upkeep(&self, now: Instant, sweep: bool) -> (Option<Instant>, bool) {
+        let mut fx = Effects::new();
+        let (next, finished, evicted) = {
+            let mut inner = self.lock();
+            let evicted = if sweep {
+                inner.sweep(now, &self.config, &mut fx)
+            } else {
+                0
+            };
+            let next = inner.expire_waiters(now, &mut fx);
+            inner.upkeep_at = next;
+            (next, inner.closed && inner.live == 0, evicted)
+        };
+        if evicted > 0 {
+            tracing::debug!(evicted, "pool: idle sweep");
+        }
+        fx.run(self);
+        if sweep {
+            // After the closes above have freed their slots: forget keys with nothing left.
+            let backoff = self.config.backoff;
+            self.lock().keys.retain(|_, ks| !ks.is_unused(now, backoff));
+        }
+        (next, finished)
+    }
+
+    /// Tells the upkeep task to look again (a waiter with an earlier deadline arrived).
+    pub(crate) fn wake_upkeep(&self) {
+        self.upkeep.notify_one();
+    }
+
+    /// Starts the upkeep task once, on the current tokio runtime: the idle sweep, and the
+    /// checkout timeouts of all waiters (one timer for the pool instead of one per waiter).
+    pub(crate) fn start_upkeep(self: &Arc<Self>)
+    where
+        K: Send + 'static,
+        C: Send + 'static,
+    {
+        if self.upkeep_running.load(Ordering::Acquire)
+            || self.upkeep_running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.upkeep_running.store(false, Ordering::Release);
+            tracing::warn!(
+                "pool: no tokio runtime; expired connections are closed only on checkout and \
+                 return, and waiters do not time out"
+            );
+            return;
+        };
+        let every = self.config.sweep_interval();
+        let notify = self.upkeep.clone();
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let running = RunningFlag(self.upkeep_running.clone());
+        let mut next_sweep = every.map(|e| Instant::now() + e);
+        runtime.spawn(async move {
+            // Cleared however the task ends: returning, or dropped with its runtime.
+            let _running = running;
+            loop {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next_deadline = {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let now = Instant::now();
+                    let sweep = next_sweep.is_some_and(|at| at <= now);
+                    if sweep {
+                        next_sweep = every.map(|e| now + e);
+                    }
+                    let (next, finished) = shared.upkeep(now, sweep);
+                    if finished {
+                        return;
+                    }
+                    next
+                };
+                let wake_at = match (next_sweep, next_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match wake_at {
+                    Some(at) => {
+                        tokio::select! {
+                            () = &mut notified => {}
+                            () = tokio::time::sleep_until(at) => {}
+                        }
+                    }
+                    None => notified.await,
+                }
+            }
+        });
+    }
+
+    /// Closes the pool: refuses new checkouts, fails waiters, closes idle connections.
+    /// Returns how many idle connections were closed now.
+    pub(crate) fn close(&self) -> usize {
+        let mut fx = Effects::new();
+        let closed_idle = {
+            let mut inner = self.lock();
+            if inner.closed {
+                0
+            } else {
+                inner.closed = true;
+                inner.close_all(&mut fx)
+            }
+        };
+        fx.run(self);
+        closed_idle
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.lock().live
+    }
+
+    /// Waits until the pool is empty or the deadline passes (after `close`).
+    pub(crate) async fn wait_drained(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => return self.live() == 0,
+            }
+        }
+    }
+
+    pub(crate) fn close_report(&self, closed_idle: usize, elapsed: Duration) -> CloseReport<K> {
+        let inner = self.lock();
+        let mut still_leased: Vec<(K, usize)> = inner
+            .keys
+            .iter()
+            .filter(|(_, ks)| ks.leased + ks.connecting > 0)
+            .map(|(k, ks)| (k.clone(), ks.leased + ks.connecting))
+            .collect();
+        still_leased.sort_by_key(|b| std::cmp::Reverse(b.1));
+        CloseReport {
+            elapsed,
+            closed_idle,
+            still_leased,
+            drained: inner.live == 0,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats<K> {
+        let inner = self.lock();
+        let mut keys: Vec<(K, KeyStats)> = inner
+            .keys
+            .iter()
+            .map(|(k, ks)| (k.clone(), key_stats(ks)))
+            .collect();
+        keys.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        let mut total = KeyStats::from_counters(
+            inner.totals.opened,
+            inner.totals.reused,
+            inner.totals.closed,
+            inner.totals.evicted,
+            inner.totals.failed,
+        );
+        for (_, ks) in inner.keys.iter() {
+            total.idle += ks.idle.len();
+            total.leased += ks.leased;
+            total.connecting += ks.connecting;
+            total.waiters += ks.queue.len();
+        }
+        PoolStats {
+            total,
+            keys,
+            closed: inner.closed,
+        }
+    }
+
+    pub(crate) fn key_stats(&self, key: &K) -> Option<KeyStats> {
+        self.lock().keys.get(key).map(key_stats)
+    }
+}
+
+/// Delivers `grant` to the waiter in slot `idx` (already off its queue) and frees the slot;
+/// the waiter keeps its cell.
+fn grant<K: Hash + Eq + Clone + fmt::Debug, C>(
+    slots: &mut [WaitSlot<C>],
+    free_slots: &mut Vec<usize>,
+    idx: usize,
+    grant: Grant<C>,
+    fx: &mut Effects<K, C>,
+) {
+    let mut cell = slots[idx].cell.lock();
+    cell.state = WaitState::Granted(grant);
+    fx.wake(cell.waker.take());
+    drop(cell);
+    free_slots.push(idx);
+}
+
+fn key_stats<C>(ks: &KeyState<C>) -> KeyStats {
+    let c = ks.counters;
+    let mut s = KeyStats::from_counters(c.opened, c.reused, c.closed, c.evicted, c.failed);
+    s.idle = ks.idle.len();
+    s.leased = ks.leased;
+    s.connecting = ks.connecting;
+    s.waiters = ks.queue.len();
+    s
+}
+
+fn expired(
+    meta: &Meta,
+    since: Option<Instant>,
+    now: Instant,
+    idle_timeout: Option<Duration>,
+) -> bool {
+    if meta.expires.is_some_and(|at| now >= at) {
+        return true;
+    }
+    match (since, idle_timeout) {
+        (Some(since), Some(timeout)) => now.saturating_duration_since(since) >= timeout,
+        _ => false,
+    }
+}
+
+impl<K, C> Inner<K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    fn checkout(
+        &mut self,
+        key: &K,
+        now: Instant,
+        config: &Config,
+        fx: &mut Effects<K, C>,
+    ) -> Result<Checkout<C>, Refused> {
+        if self.closed {
+            return Err(Refused::Closed(PoolClosed));
+        }
+        let ks = match self.keys.get_mut(key) {
+            Some(ks) => ks,
+            None => self.keys.entry(key.clone()).or_insert_with(KeyState::new),
+        };
+
+        // The most recently returned idle connection that has not expired.
+        let mut found = None;
+        while let Some(idle) = ks.idle.pop_back() {
+            if expired(&idle.meta, Some(idle.since), now, config.idle_timeout) {
+                ks.counters.closed += 1;
+                ks.counters.evicted += 1;
+                self.totals.closed += 1;
+                self.totals.evicted += 1;
+                ks.closing += 1;
+                fx.close(key, idle.conn);
+                tracing::debug!(key = ?key, "pool: expired idle connection closed at checkout");
+                continue;
+            }
+            found = Some(idle);
+            break;
+        }
+        if let Some(idle) = found {
+            ks.leased += 1;
+            ks.counters.reused += 1;
+            self.totals.reused += 1;
+            tracing::trace!(key = ?key, "pool: connection reused");
+            return Ok(Checkout::Idle(idle.conn, idle.meta));
+        }
+
+        // First come, first served: behind waiters of the same key, a new arrival waits.
+        let mut room_made = false;
+        if ks.queue.is_empty() {
+            if let Some(until) = ks.backoff_until {
+                if now < until {
+                    return Err(Refused::Backoff(ConnectBackoff::new(
+                        until - now,
+                        ks.failures,
+                        ks.last_error.clone(),
+                    )));
+                }
+            }
+            if ks.live() < config.max_per_key {
+                if self.live < config.max_total {
+                    ks.connecting += 1;
+                    self.live += 1;
+                    return Ok(Checkout::Connect);
+                }
+                // The total is reached: close the idle connection of any key that has waited
+                // longest; its slot comes to the oldest waiter once it is closed.
+                room_made = self.evict_oldest_idle(fx);
+            }
+        }
+        if self.waiting >= config.max_waiters && !room_made {
+            return Err(Refused::Full(PoolFull::new(config.max_waiters)));
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        let deadline = config.checkout_timeout.map(|t| now + t);
+        let idx = match self.free_slots.pop() {
+            Some(idx) => {
+                let slot = &mut self.slots[idx];
+                slot.seq = seq;
+                slot.deadline = deadline;
+                if Arc::strong_count(&slot.cell) == 1 {
+                    slot.cell.lock().state = WaitState::Waiting;
+                } else {
+                    // Its last waiter has not yet collected its grant.
+                    slot.cell = Arc::new(WaitCell::new());
+                }
+                idx
+            }
+            None => {
+                let cell = Arc::new(WaitCell::new());
+                self.slots.push(WaitSlot {
+                    seq,
+                    deadline,
+                    cell,
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.waiting += 1;
+        self.keys
+            .get_mut(key)
+            .expect("present")
+            .queue
+            .push_back((idx, seq));
+        // Waiters share one timeout, so a new one's deadline is the latest: the upkeep task
+        // needs waking only when it is not already watching an earlier one.
+        let wake_upkeep = match (deadline, self.upkeep_at) {
+            (Some(d), Some(at)) => d < at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if wake_upkeep {
+            self.upkeep_at = deadline;
+        }
+        let cell = self.slots[idx].cell.clone();
+        Ok(Checkout::Wait(cell, idx, seq, wake_upkeep))
+    }
+
+    /// Closes the idle connection that has waited longest, over all keys, to make room.
+    fn evict_oldest_idle(&mut self, fx: &mut Effects<K, C>) -> bool {
+        let oldest = self
+            .keys
+            .iter()
+            .filter_map(|(k, ks)| ks.idle.front().map(|i| (i.since, k)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, k)| k.clone());
+        let Some(k) = oldest else { return false };
+        let ks = self.keys.get_mut(&k).expect("present");
+        let idle = ks.idle.pop_front().expect("has an idle connection");
+        ks.counters.closed += 1;
+        ks.counters.evicted += 1;
+        self.totals.closed += 1;
+        self.totals.evicted += 1;
+        ks.closing += 1;
+        fx.close(&k, idle.conn);
+        tracing::debug!(key = ?k, "pool: idle connection closed to make room for another key");
+        true
+    }
+
+    /// A connection of `key` stops counting (`adjust` takes it off the key's counts): give the
+    /// slot to a waiter.
+    fn release_slot(
+        &mut self,
+        key: &K,
+        config: &Config,
+        fx: &mut Effects<K, C>,
+        adjust: impl FnOnce(&mut KeyState<C>),
+    ) {
+        if let Some(ks) = self.keys.get_mut(key) {
+            adjust(ks);
+        }
+        self.live -= 1;
+        self.grant_free_slot(config, fx);
+        if self.closed && self.live == 0 {
+            fx.drained = true;
+        }
+    }
+
+    /// One slot is free: the oldest waiter, over all keys, whose key has room gets it.
+    fn grant_free_slot(&mut self, config: &Config, fx: &mut Effects<K, C>) {
+        if self.waiting == 0 || self.live >= config.max_total {
+            return;
+        }
+        let Some((_, target)) = self.oldest_waiter_with_room(config) else {
+            return;
+        };
+        let ks = self.keys.get_mut(&target).expect("present");
+        let (idx, _) = ks.queue.pop_front().expect("has a waiter");
+        ks.connecting += 1;
+        self.live += 1;
+        self.waiting -= 1;
+        grant(
+            &mut self.slots,
+            &mut self.free_slots,
+            idx,
+            Grant::Connect,
+            fx,
+        );
+    }
+
+    /// The oldest waiter whose key is below its limit: its sequence number and key.
+    fn oldest_waiter_with_room(&self, config: &Config) -> Option<(u64, K)> {
+        self.keys
+            .iter()
+            .filter(|(_, ks)| ks.live() < config.max_per_key)
+            .filter_map(|(k, ks)| ks.queue.front().map(|&(_, seq)| (seq, k)))
+            .min_by_key(|(seq, _)| *seq)
+            .map(|(seq, k)| (seq, k.clone()))
+    }
+
+    fn give_back(
+        &mut self,
+        key: &K,
+        conn: C,
+        meta: Meta,
+        now: Instant,
+        config: &Config,
+        fx: &mut Effects<K, C>,
+    ) {
+        let closed = self.closed;
+        let total_blocked = self.waiting > 0 && self.live >= config.max_total;
+        // An older waiter of another key, held back only by the total, comes first: this
+        // connection is closed to make room for it.
+        let older_elsewhere = if total_blocked {
+            let own_front = self
+                .keys
+                .get(key)
+                .and_then(|ks| ks.queue.front())
+                .map(|&(_, s)| s);
+            self.oldest_waiter_with_room(config)
+                .is_some_and(|(seq, _)| own_front.map_or(true, |own| seq < own))
+        } else {
+            false
+        };
+        let Some(ks) = self.keys.get_mut(key) else {
+            debug_assert!(false, "a leased connection's key has an entry");
+            return;
+        };
+        let expired_now = expired(&meta, None, now, None);
+        if closed || expired_now || older_elsewhere {
+            ks.counters.closed += 1;
+            self.totals.closed += 1;
+            if !closed {
+                ks.counters.evicted += 1;
+                self.totals.evicted += 1;
+            }
+            if expired_now && !closed {
+                tracing::debug!(key = ?key, "pool: connection past its lifetime closed on return");
+            }
+            ks.leased -= 1;
+            ks.closing += 1;
+            fx.close(key, conn);
+            return;
+        }
+        // Straight to the oldest waiter of this key: it stays leased.
+        if let Some((idx, _)) = ks.queue.pop_front() {
+            ks.counters.reused += 1;
+            self.totals.reused += 1;
+            self.waiting -= 1;
+            grant(
+                &mut self.slots,
+                &mut self.free_slots,
+                idx,
+                Grant::Conn(conn, meta),
+                fx,
+            );
+            return;
+        }
+        ks.leased -= 1;
+        if ks.idle.len() >= config.max_idle_per_key {
+            ks.counters.closed += 1;
+            ks.counters.evicted += 1;
+            self.totals.closed += 1;
+            self.totals.evicted += 1;
+            ks.closing += 1;
+            fx.close(key, conn);
+            return;
+        }
+        ks.idle.push_back(Idle {
+            conn,
+            meta,
+            since: now,
+        });
+    }
+
+    fn sweep(&mut self, now: Instant, config: &Config, fx: &mut Effects<K, C>) -> usize {
+        let mut evicted = 0usize;
+        for (key, ks) in self.keys.iter_mut() {
+            let before = ks.idle.len();
+            let mut kept = VecDeque::with_capacity(before);
+            for idle in ks.idle.drain(..) {
+                if expired(&idle.meta, Some(idle.since), now, config.idle_timeout) {
+                    fx.close(key, idle.conn);
+                } else {
+                    kept.push_back(idle);
+                }
+            }
+            ks.idle = kept;
+            let n = before - ks.idle.len();
+            ks.closing += n;
+            ks.counters.closed += n as u64;
+            ks.counters.evicted += n as u64;
+            evicted += n;
+        }
+        self.totals.closed += evicted as u64;
+        self.totals.evicted += evicted as u64;
+        evicted
+    }
+
+    /// Fails every waiter whose deadline has passed; returns the earliest deadline left.
+    fn expire_waiters(&mut self, now: Instant, fx: &mut Effects<K, C>) -> Option<Instant> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let mut earliest: Option<Instant> = None;
+        for ks in self.keys.values_mut() {
+            // Each key's queue is in arrival order, and every waiter has the same timeout:
+            // deadlines rise from the front.
+            while let Some(&(idx, _)) = ks.queue.front() {
+                match self.slots[idx].deadline {
+                    Some(d) if d <= now => {
+                        ks.queue.pop_front();
+                        self.waiting -= 1;
+                        grant(
+                            &mut self.slots,
+                            &mut self.free_slots,
+                            idx,
+                            Grant::TimedOut,
+                            fx,
+                        );
+                    }
+                    Some(d) => {
+                        earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        earliest
+    }
+
+    fn close_all(&mut self, fx: &mut Effects<K, C>) -> usize {
+        let mut closed_idle = 0;
+        for (key, ks) in self.keys.iter_mut() {
+            let n = ks.idle.len();
+            for idle in ks.idle.drain(..) {
+                fx.close(key, idle.conn);
+            }
+            ks.closing += n;
+            ks.counters.closed += n as u64;
+            closed_idle += n;
+            for (idx, _) in ks.queue.drain(..) {
+                grant(
+                    &mut self.slots,
+                    &mut self.free_slots,
+                    idx,
+                    Grant::Closed,
+                    fx,
+                );
+            }
+        }
+        self.waiting = 0;
+        self.totals.closed += closed_idle as u64;
+        if self.live == 0 {
+            fx.drained = true;
+        }
+        tracing::debug!(closed_idle, still_open = self.live, "pool: closed");
+        closed_idle
+    }
+
+    /// A random part of `jitter` (splitmix64 over a counter: no dependency, no lock beyond the
+    /// one held).
+    fn jitter(&mut self, jitter: Duration) -> Duration {
+        if jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let nanos = jitter.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(z % (nanos + 1))
+    }
+}
