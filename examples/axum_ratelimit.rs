@@ -8,7 +8,7 @@
 //! `127.0.0.1:0`, sends a few requests to itself over plain HTTP/1.1 and exits.
 //!
 //! ```text
-//! cargo run --example axum_ratelimit
+//! cargo run -p palisade --example axum_ratelimit
 //! ```
 
 use std::error::Error;

@@ -8,6 +8,7 @@
 //! | `breaker` | [`breaker`] | `palisade-breaker`: a circuit breaker with sliding windows and probe-only half-open |
 //! | `pool` | [`pool`] | `palisade-pool`: a keyed connection pool with hard limits, FIFO hand-off and an awaitable close |
 //! | `shutdown` | [`shutdown`] | `palisade-shutdown`: graceful shutdown that drains servers, workers and clients |
+//! | `client` | [`client`] | `palisade-client`: the four composed into an HTTP client in front of an API |
 //!
 //! # Example
 //!
@@ -33,6 +34,10 @@ pub use palisade_breaker as breaker;
 /// Connection pooling: see [`palisade_pool`].
 #[cfg(feature = "pool")]
 pub use palisade_pool as pool;
+
+/// The HTTP client: see [`palisade_client`].
+#[cfg(feature = "client")]
+pub use palisade_client as client;
 
 /// Graceful shutdown: see [`palisade_shutdown`].
 #[cfg(feature = "shutdown")]

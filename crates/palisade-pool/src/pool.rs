@@ -445,11 +445,14 @@ where
             let mut inner = self.lock();
             let inner = &mut *inner;
             inner.totals.closed += 1;
+            // It served nothing: its checkout does not count as a reuse.
+            inner.totals.reused = inner.totals.reused.saturating_sub(1);
             let ks = inner
                 .keys
                 .get_mut(key)
                 .expect("a leased connection's key has an entry");
             ks.counters.closed += 1;
+            ks.counters.reused = ks.counters.reused.saturating_sub(1);
             ks.leased -= 1;
             let mut next = None;
             while let Some(idle) = ks.idle.pop_back() {

@@ -141,6 +141,23 @@ impl Gcra {
             .max(now)
     }
 
+    /// Admits nothing before `until`: raises the TAT so that the earliest conforming time is
+    /// at least `until` (and one cell conforms then). Never lowers it.
+    pub(crate) fn defer(&self, until: u64) {
+        let (_, tau) = self.params();
+        let floor = until.saturating_add(tau);
+        let mut cur = self.tat.load(Ordering::Acquire);
+        while cur < floor {
+            match self
+                .tat
+                .compare_exchange_weak(cur, floor, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     /// How many cells would conform at `now`, if taken at once.
     pub(crate) fn remaining(&self, now: u64) -> u32 {
         let (t, tau) = self.params();
@@ -203,6 +220,23 @@ mod tests {
             .burst(burst)
             .unwrap();
         Gcra::new(&q)
+    }
+
+    #[test]
+    fn defer_admits_nothing_before_then_one_per_interval() {
+        // 1 per ms, burst 3: idle, but deferred to 10 ms.
+        let g = gcra(1, 3);
+        g.defer(10 * MS);
+        assert_eq!(
+            g.acquire(10 * MS - 1, 10 * MS - 1, 1),
+            Err(Deny::Until(10 * MS))
+        );
+        g.acquire(10 * MS, 10 * MS, 1).unwrap();
+        // One at the deferred time, not a whole burst.
+        assert_eq!(g.acquire(10 * MS, 10 * MS, 1), Err(Deny::Until(11 * MS)));
+        // A defer to an earlier time changes nothing.
+        g.defer(MS);
+        assert_eq!(g.acquire(10 * MS, 10 * MS, 1), Err(Deny::Until(11 * MS)));
     }
 
     #[test]

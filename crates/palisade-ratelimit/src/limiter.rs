@@ -173,6 +173,20 @@ impl RateLimiter {
         self.shared.requeue_all();
     }
 
+    /// Admits nothing before `until` — for an upstream that answered `429` or `503` with
+    /// `Retry-After` — then resumes at the quota's rate, starting with a single request rather
+    /// than a full burst. Never brings the next conforming time forward. Waiters keep their
+    /// places and are woken to recompute their slots.
+    pub fn defer_until(&self, until: Instant) {
+        let at = until.saturating_duration_since(self.shared.origin);
+        let at = u64::try_from(at.as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(1 << 62);
+        self.shared.gcra.defer(at);
+        tracing::debug!(?until, "rate limit deferred");
+        self.shared.requeue_all();
+    }
+
     /// How many requests are queued in wait-mode layers of this limit.
     pub fn waiting(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)

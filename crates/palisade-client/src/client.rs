@@ -1,0 +1,526 @@
+//! [`Client`]: the stack, the per-origin parts, and the request methods.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::USER_AGENT;
+use http::{HeaderValue, Method, Request, Uri};
+use hyper::body::Incoming;
+use palisade_breaker::classify::{Classify, Outcome};
+use palisade_breaker::http::HttpClassifier;
+use palisade_breaker::{Breaker, CircuitBreaker, CircuitBreakerLayer};
+use palisade_pool::{CloseReport, Pool, PoolClosed, PoolFull, PoolHandle, PoolLayer};
+use palisade_ratelimit::{Quota, RateLimit, RateLimitLayer, RateLimited, RateLimiter};
+use palisade_shutdown::{ShutdownHandle, ShutdownLayer, ShutdownService, ShuttingDown};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::retry::{Retry, RetryLayer};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::builder::{ClientBuilder, TransitionListener};
+use crate::connect::{origin_key, Connector, Pooled};
+use crate::error::{BoxError, Error};
+use crate::gate::{GateState, HostGate};
+use crate::origin::Origin;
+use crate::response::Response;
+use crate::retry::{Retries, RetryPolicy, RetryShared};
+use crate::Body;
+
+type KeyFn = fn(&Request<Body>) -> Origin;
+type PoolService = Pool<Connector, Origin, KeyFn>;
+/// One origin's stack: breaker → rate limit → gate → (shared) pool → connection, whose every
+/// exchange is bounded by the timeout ([`Pooled`]).
+type HostService =
+    Retry<RetryPolicy, CircuitBreaker<RateLimit<HostGate<PoolService>>, StackClassifier>>;
+
+/// The breaker's classifier: HTTP's (5xx, timeouts, connection errors are failures), except
+/// that a request refused inside this client — by the rate limiter (`max_rate_wait`), a full
+/// connection queue, or the shutdown closing the pool — never reached the upstream and says
+/// nothing about its health: it is ignored, not counted as a failure.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackClassifier(HttpClassifier);
+
+impl<B> Classify<http::Response<B>, BoxError> for StackClassifier {
+    fn classify(&self, result: &Result<http::Response<B>, BoxError>) -> Outcome {
+        match result {
+            Err(e)
+                if e.is::<RateLimited>()
+                    || e.is::<PoolFull>()
+                    || e.is::<PoolClosed>()
+                    || e.is::<ShuttingDown>() =>
+            {
+                Outcome::Ignore
+            }
+            _ => self.0.classify(result),
+        }
+    }
+}
+
+/// Everything `build` checked.
+pub(crate) struct Settings {
+    pub(crate) retries: Option<Retries>,
+    pub(crate) base: Uri,
+    pub(crate) origin: Origin,
+    pub(crate) quota: Quota,
+    pub(crate) max_rate_wait: Option<Duration>,
+    pub(crate) pool: palisade_pool::Config,
+    pub(crate) breaker: palisade_breaker::Config,
+    pub(crate) on_transition: Option<TransitionListener>,
+    pub(crate) timeout: Duration,
+    pub(crate) retry_after_cap: Duration,
+    pub(crate) user_agent: HeaderValue,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+/// The per-origin parts, for inspection: [`Client::host`].
+#[derive(Clone)]
+pub struct Host {
+    origin: Origin,
+    service: HostService,
+    breaker: Breaker,
+    limiter: RateLimiter,
+    gate: Arc<GateState>,
+    retry: Option<Arc<RetryShared>>,
+}
+
+impl Host {
+    /// The origin.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The origin's circuit breaker: state, counts, force open or closed.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The origin's rate limiter: remaining burst, next turn, waiting requests, quota changes.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Until when the upstream asked the client to hold off (`Retry-After`, `RateLimit`), if
+    /// that is still ahead.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.gate.hold_until()
+    }
+
+    /// How many times the upstream's answers pushed the hold further.
+    pub fn holds(&self) -> u64 {
+        self.gate.holds()
+    }
+
+    /// Retries made to this origin, and retries its budget refused (both 0 without
+    /// [`ClientBuilder::retries`](crate::ClientBuilder::retries)).
+    pub fn retries(&self) -> (u64, u64) {
+        self.retry.as_ref().map_or((0, 0), |r| r.counts())
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("origin", &self.origin)
+            .field("breaker", &self.breaker.state())
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes and keeps the per-origin stacks.
+struct Hosts {
+    base: Host,
+    others: Mutex<HashMap<Origin, Host>>,
+    make: MakeHost,
+}
+
+struct MakeHost {
+    retries: Option<Retries>,
+    quota: Quota,
+    max_rate_wait: Option<Duration>,
+    breaker: palisade_breaker::Config,
+    on_transition: Option<TransitionListener>,
+    retry_after_cap: Duration,
+    pool: PoolLayer<Origin, Pooled, KeyFn>,
+    connector: Connector,
+}
+
+impl MakeHost {
+    fn make(&self, origin: Origin) -> Host {
+        let limiter = RateLimiter::new(self.quota);
+        let gate = Arc::new(GateState::new(limiter.clone(), self.retry_after_cap));
+        let breaker = match &self.on_transition {
+            Some(listener) => {
+                let listener = listener.clone();
+                let o = origin.clone();
+                Breaker::with_listener(self.breaker.clone(), move |t| listener(&o, t))
+            }
+            None => Breaker::new(self.breaker.clone()),
+        };
+        let mut rate = RateLimitLayer::from_limiter(limiter.clone());
+        if let Some(wait) = self.max_rate_wait {
+            rate = rate.max_wait(wait);
+        }
+        let gate_state = gate.clone();
+        // One retry budget per origin, outside its breaker: a retry meets the open circuit like
+        // any request, and a refusal is never retried.
+        let retry = self.retries.clone().map(|r| Arc::new(RetryShared::new(r)));
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryPolicy::new(
+                retry.clone(),
+                breaker.clone(),
+            )))
+            .layer(
+                CircuitBreakerLayer::from_breaker(breaker.clone())
+                    .with_classifier(StackClassifier(HttpClassifier::server_errors())),
+            )
+            .layer(rate)
+            .layer_fn(move |s| HostGate::new(s, gate_state.clone()))
+            .service(self.pool.layer(self.connector.clone()));
+        Host {
+            origin,
+            service,
+            breaker,
+            limiter,
+            gate,
+            retry,
+        }
+    }
+}
+
+impl Hosts {
+    fn get(&self, origin: &Origin) -> Host {
+        if *origin == self.base.origin {
+            return self.base.clone();
+        }
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        others
+            .entry(origin.clone())
+            .or_insert_with(|| self.make.make(origin.clone()))
+            .clone()
+    }
+}
+
+/// Routes each request to its origin's stack.
+#[derive(Clone)]
+pub(crate) struct Router {
+    hosts: Arc<Hosts>,
+}
+
+impl Service<Request<Body>> for Router {
+    type Response = http::Response<Incoming>;
+    type Error = BoxError;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per origin, known only from the request: each origin's stack is made
+        // ready inside the response future (its rate-limit turn, its breaker's admission).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        match Origin::of(req.uri()) {
+            Some(origin) => RouteFuture {
+                inner: Some(self.hosts.get(&origin).service.oneshot(req)),
+                error: None,
+            },
+            None => RouteFuture {
+                inner: None,
+                error: Some(Error::builder(format!(
+                    "request URI {:?} is not an absolute http or https URL",
+                    req.uri().to_string()
+                ))),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The router's response future.
+    pub(crate) struct RouteFuture {
+        #[pin]
+        inner: Option<Oneshot<HostService, Request<Body>>>,
+        error: Option<Error>,
+    }
+}
+
+impl Future for RouteFuture {
+    type Output = Result<http::Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(fut) => fut.poll(cx),
+            None => Poll::Ready(Err(Box::new(this.error.take().expect("polled once")))),
+        }
+    }
+}
+
+/// An HTTP client in front of an API: per origin a circuit breaker, a per-request timeout, a
+/// rate limit that waits its turn and obeys `Retry-After`, and a bounded pool of HTTP/1.1
+/// connections; a shutdown gate in front of everything.
+///
+/// Cheap to clone: clones share everything. It is also a
+/// `tower::Service<http::Request<Body>>`, so tower and tower-http layers (trace, retry) wrap
+/// it.
+#[derive(Clone)]
+pub struct Client {
+    svc: ShutdownService<Router>,
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    base: Uri,
+    user_agent: HeaderValue,
+    shutdown: ShutdownHandle,
+    pool: PoolHandle<Origin>,
+    hosts: Arc<Hosts>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Client::shutdown`] found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// From the call until it resolved.
+    pub elapsed: Duration,
+    /// Whether every request in flight finished before the deadline.
+    pub drained: bool,
+    /// Requests in flight at the call that then completed.
+    pub completed: u64,
+    /// Requests cut off (dropped by their callers) after the call.
+    pub cut_off: u64,
+    /// Requests refused after the call.
+    pub refused: u64,
+    /// What closing the pool found.
+    pub pool: CloseReport<Origin>,
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client shut down in {:?}: {} completed, {} cut off, {} refused; {}",
+            self.elapsed, self.completed, self.cut_off, self.refused, self.pool
+        )
+    }
+}
+
+impl Client {
+    /// Starts configuring a client for the API at `base_url` (`https://api.example.com/v1`).
+    pub fn builder(base_url: impl AsRef<str>) -> ClientBuilder {
+        ClientBuilder::new(base_url.as_ref())
+    }
+
+    pub(crate) fn from_settings(s: Settings) -> Client {
+        #[cfg(feature = "tls")]
+        let connector = Connector::new(s.timeout, s.tls);
+        #[cfg(not(feature = "tls"))]
+        let connector = Connector::new(s.timeout);
+        let pool = PoolLayer::new(s.pool, origin_key as KeyFn);
+        let pool_handle = pool.handle();
+        let make = MakeHost {
+            retries: s.retries,
+            quota: s.quota,
+            max_rate_wait: s.max_rate_wait,
+            breaker: s.breaker,
+            on_transition: s.on_transition,
+            retry_after_cap: s.retry_after_cap,
+            pool,
+            connector,
+        };
+        let hosts = Arc::new(Hosts {
+            base: make.make(s.origin),
+            others: Mutex::new(HashMap::new()),
+            make,
+        });
+        let shutdown = ShutdownLayer::new();
+        let handle = shutdown.handle();
+        Client {
+            svc: shutdown.layer(Router {
+                hosts: hosts.clone(),
+            }),
+            inner: Arc::new(ClientInner {
+                base: s.base,
+                user_agent: s.user_agent,
+                shutdown: handle,
+                pool: pool_handle,
+                hosts,
+            }),
+        }
+    }
+
+    /// The URL for `path`: an absolute URL as it is; otherwise appended to the base URL's path.
+    ///
+    /// # Errors
+    ///
+    /// A builder error when the result is not a valid URI.
+    pub fn url(&self, path: &str) -> Result<Uri, Error> {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path
+                .parse()
+                .map_err(|e| Error::builder_source(format!("URL {path:?}"), e));
+        }
+        let base = &self.inner.base;
+        let prefix = base.path().trim_end_matches('/');
+        let rest = path.trim_start_matches('/');
+        let full = format!(
+            "{}://{}{}/{}",
+            base.scheme_str().unwrap_or("http"),
+            base.authority().map_or("", |a| a.as_str()),
+            prefix,
+            rest
+        );
+        full.parse()
+            .map_err(|e| Error::builder_source(format!("path {path:?}"), e))
+    }
+
+    /// `GET` of `path` (relative to the base URL, or absolute).
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`]: refused (rate limit, open circuit, shutdown), timed out, connect or
+    /// request failure. A response with any status is `Ok`.
+    pub async fn get(&self, path: &str) -> Result<Response, Error> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(self.url(path)?)
+            .body(Body::default())
+            .map_err(|e| Error::builder_source("request", e))?;
+        self.execute(req).await
+    }
+
+    /// Sends a request. A relative URI is resolved against the base URL; a `User-Agent` is
+    /// added unless the request has one.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn request(&self, req: Request<impl Into<Body>>) -> Result<Response, Error> {
+        let (mut parts, body) = req.into_parts();
+        if parts.uri.scheme().is_none() {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = self.url(pq)?;
+        }
+        self.execute(Request::from_parts(parts, body.into())).await
+    }
+
+    async fn execute(&self, mut req: Request<Body>) -> Result<Response, Error> {
+        if !req.headers().contains_key(USER_AGENT) {
+            req.headers_mut()
+                .insert(USER_AGENT, self.inner.user_agent.clone());
+        }
+        let res = self
+            .svc
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(Error::from_stack)?;
+        Ok(Response::new(res))
+    }
+
+    /// The per-origin parts of the base URL's origin.
+    pub fn base_host(&self) -> Host {
+        self.inner.hosts.base.clone()
+    }
+
+    /// The per-origin parts of `origin`, if a request has gone there (the base origin always).
+    pub fn host(&self, origin: &Origin) -> Option<Host> {
+        if *origin == self.inner.hosts.base.origin {
+            return Some(self.base_host());
+        }
+        let others = self
+            .inner
+            .hosts
+            .others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        others.get(origin).cloned()
+    }
+
+    /// The connection pool, shared by all origins: stats per origin and in total.
+    pub fn pool(&self) -> &PoolHandle<Origin> {
+        &self.inner.pool
+    }
+
+    /// Requests in flight (admitted and not yet answered).
+    pub fn in_flight(&self) -> usize {
+        self.inner.shutdown.in_flight()
+    }
+
+    /// Refuses new requests ([`Error::is_shutdown`]), lets those in flight finish for at most
+    /// `deadline`, then closes the pool (waiting, within what is left of the deadline, for
+    /// connections still reading a body) and reports.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        self.inner.shutdown.close();
+        let drained = tokio::time::timeout(deadline, self.inner.shutdown.drain())
+            .await
+            .is_ok();
+        let left = deadline.saturating_sub(started.elapsed());
+        let pool = self.inner.pool.close(left).await;
+        let (completed, cut_off, refused) = self.inner.shutdown.counts();
+        ShutdownReport {
+            elapsed: started.elapsed(),
+            drained,
+            completed,
+            cut_off,
+            refused,
+            pool,
+        }
+    }
+}
+
+impl Service<Request<Body>> for Client {
+    type Response = http::Response<Incoming>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.svc.poll_ready(cx).map_err(Error::from_stack)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        ResponseFuture {
+            inner: self.svc.call(req),
+        }
+    }
+}
+
+type ShutdownFuture = <ShutdownService<Router> as Service<Request<Body>>>::Future;
+
+pin_project! {
+    /// The response future of the client as a `tower::Service`.
+    pub struct ResponseFuture {
+        #[pin]
+        inner: ShutdownFuture,
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Incoming>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(Error::from_stack)
+    }
+}

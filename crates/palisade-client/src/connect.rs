@@ -1,0 +1,209 @@
+//! The connector (an [`Origin`] to an HTTP/1.1 connection) and the connection as a
+//! `tower::Service`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower::timeout::Timeout;
+use tower::Service;
+
+use crate::error::{BoxError, ConnectError, RequestNotSent};
+use crate::origin::Origin;
+use crate::Body;
+
+#[cfg(feature = "tls")]
+type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+#[cfg(not(feature = "tls"))]
+type Stream = TcpStream;
+
+/// A pooled connection: each exchange on it (request sent to response head) is bounded by the
+/// client's timeout. The timeout sits here, below the pool and the upstream's hold, so that it
+/// measures the exchange alone: waiting for a rate-limit turn, a `Retry-After` hold or a free
+/// connection is not the upstream being slow, and must not become a breaker failure.
+pub(crate) type Pooled = Timeout<Connection>;
+
+/// Makes HTTP/1.1 connections: TCP, then TLS for `https`, then hyper's handshake; the
+/// connection's task is spawned on the current tokio runtime.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    /// The per-exchange timeout of the connections made.
+    timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    #[cfg(feature = "tls")]
+    pub(crate) fn new(
+        timeout: Duration,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Self {
+        Connector {
+            timeout,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Connector { timeout }
+    }
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
+
+impl Service<Origin> for Connector {
+    type Response = Pooled;
+    type Error = ConnectError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, origin: Origin) -> ConnectFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let name = origin.to_string();
+            let tcp = TcpStream::connect((origin.host(), origin.port()))
+                .await
+                .map_err(|e| ConnectError::new(name.clone(), "tcp connect", e))?;
+            let _ = tcp.set_nodelay(true);
+            let stream = this.wrap(tcp, &origin, &name).await?;
+            let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ConnectError::new(name.clone(), "http handshake", e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection closed with an error");
+                }
+            });
+            tracing::debug!(origin = %name, "connected");
+            Ok(Timeout::new(Connection { sender, origin }, this.timeout))
+        })
+    }
+}
+
+impl Connector {
+    #[cfg(feature = "tls")]
+    async fn wrap(
+        &self,
+        tcp: TcpStream,
+        origin: &Origin,
+        name: &str,
+    ) -> Result<Stream, ConnectError> {
+        use tokio_rustls::rustls::pki_types::ServerName;
+        if !origin.is_https() {
+            return Ok(tokio_util::either::Either::Left(tcp));
+        }
+        let Some(tls) = &self.tls else {
+            return Err(ConnectError::new(
+                name.to_owned(),
+                "tls",
+                "no TLS configuration",
+            ));
+        };
+        let server = ServerName::try_from(origin.host().to_owned())
+            .map_err(|e| ConnectError::new(name.to_owned(), "tls server name", e))?;
+        let stream = tls
+            .connect(server, tcp)
+            .await
+            .map_err(|e| ConnectError::new(name.to_owned(), "tls handshake", e))?;
+        Ok(tokio_util::either::Either::Right(stream))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn wrap(
+        &self,
+        tcp: TcpStream,
+        origin: &Origin,
+        name: &str,
+    ) -> Result<Stream, ConnectError> {
+        if origin.is_https() {
+            return Err(ConnectError::new(
+                name.to_owned(),
+                "tls",
+                "https needs palisade-client's `tls` feature",
+            ));
+        }
+        Ok(tcp)
+    }
+}
+
+/// One HTTP/1.1 connection. Ready again only when hyper says so: after the previous response's
+/// body has been read to the end. Once the connection is closing (the peer sent
+/// `Connection: close`, reset it, or it failed) `poll_ready` fails and the pool drops it. An
+/// exchange cut off by the timeout drops hyper's response future, and hyper then closes the
+/// connection: a hung connection is never handed out again.
+pub(crate) struct Connection {
+    sender: http1::SendRequest<Body>,
+    origin: Origin,
+}
+
+type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+impl Service<Request<Body>> for Connection {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = SendFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.sender.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> SendFuture {
+        // HTTP/1.1 wants the origin form (`/path?query`) and a Host header.
+        if !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(self.origin.authority().as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        let sent = self.sender.try_send_request(req);
+        Box::pin(async move {
+            sent.await.map_err(|mut e| -> BoxError {
+                // hyper hands the request back when not a byte of it was written: safe to send
+                // again, whatever the method.
+                if e.take_message().is_some() {
+                    Box::new(RequestNotSent {
+                        source: e.into_error(),
+                    })
+                } else {
+                    Box::new(e.into_error())
+                }
+            })
+        })
+    }
+}
+
+/// The pool's key: the request's origin (the client only sends absolute URIs into the stack).
+pub(crate) fn origin_key(req: &Request<Body>) -> Origin {
+    Origin::of(req.uri()).expect("the client routes only absolute http(s) URIs")
+}

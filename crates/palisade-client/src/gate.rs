@@ -1,0 +1,258 @@
+//! [`HostGate`]: makes the client obey an upstream that says "not now".
+//!
+//! It sits right above the pool, so it sees every response of its origin and stands between
+//! every request and the wire. A `429` or `503` with `Retry-After`, or any response whose IETF
+//! `RateLimit` header says nothing remains (`r=0`) for `t` seconds, sets a "not before" instant
+//! for the origin and defers the origin's rate limiter to it: requests not yet admitted wait at
+//! the limiter, spending nothing; requests already past it (admitted before the answer came)
+//! wait here. So no request reaches the origin before the instant.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use palisade_ratelimit::RateLimiter;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+/// Per-origin "not before" state shared by the origin's gate services.
+#[derive(Debug)]
+pub(crate) struct GateState {
+    origin: Instant,
+    /// Nanoseconds since `origin` before which nothing is sent (0: no hold).
+    not_before: AtomicU64,
+    limiter: RateLimiter,
+    /// Longest hold honoured from one response.
+    cap: Duration,
+    holds: AtomicU64,
+}
+
+impl GateState {
+    pub(crate) fn new(limiter: RateLimiter, cap: Duration) -> Self {
+        GateState {
+            origin: Instant::now(),
+            not_before: AtomicU64::new(0),
+            limiter,
+            cap,
+            holds: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant before which nothing is sent, if it is still ahead.
+    pub(crate) fn hold_until(&self) -> Option<Instant> {
+        let nb = self.not_before.load(Ordering::Acquire);
+        let now = Instant::now();
+        (nb > self.nanos(now)).then(|| self.origin + Duration::from_nanos(nb))
+    }
+
+    /// How many holds responses have asked for.
+    pub(crate) fn holds(&self) -> u64 {
+        self.holds.load(Ordering::Relaxed)
+    }
+
+    fn hold(&self, delay: Duration) {
+        let delay = delay.min(self.cap);
+        let until = Instant::now() + delay;
+        let at = self.nanos(until);
+        let prev = self.not_before.fetch_max(at, Ordering::AcqRel);
+        if prev < at {
+            self.holds.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(?delay, "upstream asked to wait; holding requests");
+        }
+        self.limiter.defer_until(until);
+    }
+
+    fn observe<B>(&self, res: &Response<B>) {
+        let status = res.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(d) = palisade_breaker::http::retry_after(res) {
+                self.hold(d);
+                return;
+            }
+        }
+        if let Some(d) = exhausted_for(res) {
+            self.hold(d);
+        }
+    }
+}
+
+/// From the IETF `RateLimit` header (`"policy";r=0;t=5`): how long nothing remains, when
+/// nothing does.
+fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
+    let v = res.headers().get("ratelimit")?.to_str().ok()?;
+    let mut remaining = None;
+    let mut reset = None;
+    for param in v.split(';').skip(1) {
+        let (k, val) = param.trim().split_once('=')?;
+        match k {
+            "r" => remaining = val.parse::<u64>().ok(),
+            "t" => reset = val.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    let (remaining, reset) = (remaining?, reset?);
+    (remaining == 0 && reset > 0).then(|| Duration::from_secs(reset))
+}
+
+/// The gate as a service around the pool.
+#[derive(Debug, Clone)]
+pub(crate) struct HostGate<S> {
+    inner: S,
+    state: Arc<GateState>,
+}
+
+impl<S> HostGate<S> {
+    pub(crate) fn new(inner: S, state: Arc<GateState>) -> Self {
+        HostGate { inner, state }
+    }
+}
+
+impl<S, B> Service<Request<B>> for HostGate<S>
+where
+    S: Service<Request<B>, Response = Response<hyper::body::Incoming>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = GateFuture<S, Request<B>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.state.hold_until() {
+            None => GateFuture {
+                sleep: None,
+                held: None,
+                fut: Some(self.inner.call(req)),
+                state: self.state.clone(),
+            },
+            Some(until) => {
+                // This clone stands in for the readied service; the pool is always ready.
+                let fresh = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, fresh);
+                GateFuture {
+                    sleep: Some(tokio::time::sleep_until(until)),
+                    held: Some((inner, req)),
+                    fut: None,
+                    state: self.state.clone(),
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The gate's response future: waits out a hold, then sends, then reads the answer.
+    pub(crate) struct GateFuture<S: Service<R>, R> {
+        #[pin]
+        sleep: Option<Sleep>,
+        held: Option<(S, R)>,
+        #[pin]
+        fut: Option<S::Future>,
+        state: Arc<GateState>,
+    }
+}
+
+impl<S, B> Future for GateFuture<S, Request<B>>
+where
+    S: Service<Request<B>, Response = Response<hyper::body::Incoming>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            if sleep.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // A later answer may have pushed the hold further.
+            if let Some(until) = this.state.hold_until() {
+                this.sleep.set(Some(tokio::time::sleep_until(until)));
+                return self_poll_again(cx);
+            }
+            this.sleep.set(None);
+        }
+        if let Some((mut inner, req)) = this.held.take() {
+            this.fut.set(Some(inner.call(req)));
+        }
+        let fut = this.fut.as_mut().as_pin_mut().expect("sent");
+        let res = match fut.poll(cx) {
+            Poll::Ready(res) => res,
+            Poll::Pending => return Poll::Pending,
+        };
+        this.fut.set(None);
+        if let Ok(res) = &res {
+            this.state.observe(res);
+        }
+        Poll::Ready(res)
+    }
+}
+
+fn self_poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(status: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn reads_the_ietf_header() {
+        assert_eq!(
+            exhausted_for(&res(200, &[("ratelimit", "\"default\";r=0;t=5")])),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            exhausted_for(&res(200, &[("ratelimit", "\"default\";r=3;t=5")])),
+            None
+        );
+        assert_eq!(
+            exhausted_for(&res(200, &[("ratelimit", "\"default\";r=0;t=0")])),
+            None
+        );
+        assert_eq!(exhausted_for(&res(200, &[("ratelimit", "garbage")])), None);
+        assert_eq!(exhausted_for(&res(200, &[])), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_with_retry_after_holds_and_defers_the_limiter() {
+        let limiter = RateLimiter::new(palisade_ratelimit::Quota::per_second(100).unwrap());
+        let state = GateState::new(limiter.clone(), Duration::from_secs(60));
+        assert!(state.hold_until().is_none());
+        state.observe(&res(429, &[("retry-after", "2")]));
+        let until = state.hold_until().expect("held");
+        assert_eq!(until - Instant::now(), Duration::from_secs(2));
+        assert!(limiter.next_conforming() >= until);
+        // A 200 without headers changes nothing; a 503 without Retry-After neither.
+        state.observe(&res(200, &[]));
+        state.observe(&res(503, &[]));
+        assert_eq!(state.hold_until(), Some(until));
+        // The cap bounds a huge Retry-After.
+        state.observe(&res(503, &[("retry-after", "86400")]));
+        assert_eq!(
+            state.hold_until().unwrap() - Instant::now(),
+            Duration::from_secs(60)
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(state.hold_until().is_none());
+    }
+}

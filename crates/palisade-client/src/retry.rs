@@ -1,0 +1,312 @@
+//! Retries that cannot amplify an outage: tower's `Retry` with a [`TpsBudget`], outside the
+//! breaker of each origin.
+//!
+//! What is retried:
+//! - a request that never left: a connect error, or a request hyper handed back unwritten
+//!   ([`RequestNotSent`]) — whatever its method;
+//! - an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS, TRACE, or one carrying the
+//!   [`Idempotent`] extension) answered `429` or `503` — after the `Retry-After` it carries,
+//!   capped — or `502`/`504`, or that timed out or lost its connection after being written —
+//!   with exponential backoff and full jitter.
+//!
+//! Never retried: anything while the origin's breaker is not closed (the caller gets the
+//! answer that opened it, not a refusal of the retry); a refusal made inside the client (open circuit, shutdown, rate-limit wait
+//! too long, connection queue full) — retrying those is how a retry storm starts — and any
+//! retry the budget cannot pay for: after the budget's floor, at most `ratio` retries per
+//! request on average, so an outage costs the upstream at most (1 + ratio) × the requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use palisade_breaker::{Breaker, CircuitOpen, State as BreakerState};
+use palisade_pool::{ConnectTimeout, PoolClosed, PoolFull};
+use palisade_ratelimit::RateLimited;
+use palisade_shutdown::ShuttingDown;
+use tokio::time::Sleep;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+
+use crate::error::{BoxError, ConnectError, Error, RequestNotSent};
+use crate::Body;
+
+/// Marks a request as safe to send twice (put it in the request's extensions), for a method
+/// that is not idempotent by definition, such as a `POST` with an idempotency key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Idempotent;
+
+/// Retry settings for [`ClientBuilder::retries`](crate::ClientBuilder::retries).
+///
+/// Defaults: up to 2 retries per request; a budget of 20 % of requests on top of a floor of
+/// 10 retries per second, counted over 10 s; backoff from 100 ms doubling to 5 s with full
+/// jitter; a `Retry-After` is honoured up to 30 s (longer ones are not retried).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    pub(crate) max_retries: u32,
+    pub(crate) ratio: f32,
+    pub(crate) min_per_sec: u32,
+    pub(crate) window: Duration,
+    pub(crate) base: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) max_retry_after: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            max_retries: 2,
+            ratio: 0.2,
+            min_per_sec: 10,
+            window: Duration::from_secs(10),
+            base: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retries {
+    /// Up to `n` retries per request (0: none), with the other defaults.
+    pub fn new(n: u32) -> Self {
+        Retries {
+            max_retries: n,
+            ..Retries::default()
+        }
+    }
+
+    /// The budget: retries may add at most `ratio` (0–10) of the requests, plus a floor of
+    /// `min_per_sec` retries per second, counted over `window` (1–60 s).
+    pub fn budget(mut self, ratio: f32, min_per_sec: u32, window: Duration) -> Self {
+        self.ratio = ratio;
+        self.min_per_sec = min_per_sec;
+        self.window = window;
+        self
+    }
+
+    /// Exponential backoff: the n-th retry waits a random time up to `base × 2ⁿ⁻¹`, at most
+    /// `max` ("full jitter").
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base = base;
+        self.max_backoff = max;
+        self
+    }
+
+    /// The longest `Retry-After` waited for; an answer asking for longer is returned as it is.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if !(0.0..=10.0).contains(&self.ratio) || self.ratio.is_nan() {
+            return Err(Error::builder(format!(
+                "retry budget ratio {} is not between 0 and 10",
+                self.ratio
+            )));
+        }
+        if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(60) {
+            return Err(Error::builder(format!(
+                "retry budget window {:?} is not between 1 s and 60 s",
+                self.window
+            )));
+        }
+        if self.min_per_sec > 1_000_000 {
+            return Err(Error::builder(
+                "retry budget floor above 1,000,000 per second",
+            ));
+        }
+        if self.base.is_zero() || self.max_backoff < self.base {
+            return Err(Error::builder(format!(
+                "retry backoff: base {:?} must be above zero and not above max {:?}",
+                self.base, self.max_backoff
+            )));
+        }
+        if self.max_backoff > Duration::from_secs(3600)
+            || self.max_retry_after > Duration::from_secs(3600)
+        {
+            return Err(Error::builder(
+                "retry backoff and max_retry_after must be at most an hour",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the retry policy shares between requests.
+#[derive(Debug)]
+pub(crate) struct RetryShared {
+    settings: Retries,
+    budget: TpsBudget,
+    retries: AtomicU64,
+    refused_by_budget: AtomicU64,
+    seed: AtomicU64,
+}
+
+impl RetryShared {
+    pub(crate) fn new(settings: Retries) -> Self {
+        // `check` has kept the arguments inside TpsBudget's asserted ranges.
+        let budget = TpsBudget::new(settings.window, settings.min_per_sec, settings.ratio);
+        RetryShared {
+            settings,
+            budget,
+            retries: AtomicU64::new(0),
+            refused_by_budget: AtomicU64::new(0),
+            seed: AtomicU64::new(0x2545_F491_4F6C_DD1D),
+        }
+    }
+
+    /// Retries made, and retries the budget refused.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.retries.load(Ordering::Relaxed),
+            self.refused_by_budget.load(Ordering::Relaxed),
+        )
+    }
+
+    fn jitter(&self, max: Duration) -> Duration {
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(z % nanos.saturating_add(1))
+    }
+}
+
+/// The policy; one clone per request (tower clones it in `call`).
+#[derive(Debug, Clone)]
+pub(crate) struct RetryPolicy {
+    shared: Option<Arc<RetryShared>>,
+    /// The origin's breaker: no retry is even attempted while it is not closed.
+    breaker: Breaker,
+    attempt: u32,
+    deposited: bool,
+}
+
+impl RetryPolicy {
+    pub(crate) fn new(shared: Option<Arc<RetryShared>>, breaker: Breaker) -> Self {
+        RetryPolicy {
+            shared,
+            breaker,
+            attempt: 0,
+            deposited: false,
+        }
+    }
+}
+
+fn idempotent<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    ) || req.extensions().get::<Idempotent>().is_some()
+}
+
+/// Why to retry, if at all.
+enum Verdict {
+    No,
+    After(Duration),
+    Backoff,
+}
+
+fn verdict<B>(req: &Request<Body>, result: &Result<Response<B>, BoxError>, s: &Retries) -> Verdict {
+    match result {
+        Ok(res) => {
+            if !idempotent(req) {
+                return Verdict::No;
+            }
+            match res.status() {
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    match palisade_breaker::http::retry_after(res) {
+                        Some(d) if d <= s.max_retry_after => Verdict::After(d),
+                        Some(_) => Verdict::No,
+                        None => Verdict::Backoff,
+                    }
+                }
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => Verdict::Backoff,
+                _ => Verdict::No,
+            }
+        }
+        Err(e) => {
+            if e.is::<CircuitOpen>()
+                || e.is::<ShuttingDown>()
+                || e.is::<RateLimited>()
+                || e.is::<PoolFull>()
+                || e.is::<PoolClosed>()
+            {
+                Verdict::No
+            } else if e.is::<ConnectError>() || e.is::<ConnectTimeout>() || e.is::<RequestNotSent>()
+            {
+                // Never left this process: safe whatever the method.
+                Verdict::Backoff
+            } else if idempotent(req) {
+                // A timeout, or a connection lost after the request was written.
+                Verdict::Backoff
+            } else {
+                Verdict::No
+            }
+        }
+    }
+}
+
+impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<Body>,
+        result: &mut Result<Response<B>, BoxError>,
+    ) -> Option<Sleep> {
+        let shared = self.shared.as_ref()?;
+        if !self.deposited {
+            shared.budget.deposit();
+            self.deposited = true;
+        }
+        let s = &shared.settings;
+        if self.attempt >= s.max_retries {
+            return None;
+        }
+        if self.breaker.state() != BreakerState::Closed {
+            // The answer just seen may have opened it: the caller gets that answer, not a
+            // refusal of the retry.
+            return None;
+        }
+        let delay = match verdict(req, result, s) {
+            Verdict::No => return None,
+            Verdict::After(d) => d,
+            Verdict::Backoff => {
+                let cap = s
+                    .base
+                    .saturating_mul(1u32 << self.attempt.min(20))
+                    .min(s.max_backoff);
+                shared.jitter(cap)
+            }
+        };
+        if !shared.budget.withdraw() {
+            shared.refused_by_budget.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(uri = %req.uri(), "retry budget spent; not retrying");
+            return None;
+        }
+        self.attempt += 1;
+        shared.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(uri = %req.uri(), attempt = self.attempt, ?delay, "retrying");
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        let shared = self.shared.as_ref()?;
+        if shared.settings.max_retries == 0 {
+            return None;
+        }
+        // The body is bytes in memory: the copy is the same bytes, not a re-read stream.
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
