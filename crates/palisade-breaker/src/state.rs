@@ -206,6 +206,17 @@ impl Breaker {
         State::from_code(self.core.state.0.load(Ordering::Acquire) & 7)
     }
 
+    /// While open: how long until the next call may go as a probe (zero once that time has
+    /// come). `None` in any other state, or while an opening is being recorded.
+    pub fn open_remaining(&self) -> Option<Duration> {
+        let s = self.core.state.0.load(Ordering::Acquire);
+        if s & 7 != OPEN || self.core.stamp.load(Ordering::Acquire) != s >> 3 {
+            return None;
+        }
+        let until = self.core.open_until.load(Ordering::Acquire);
+        Some(Duration::from_nanos(until.saturating_sub(self.core.now())))
+    }
+
     /// The generation: how many transitions the breaker has made.
     pub fn generation(&self) -> u64 {
         self.core.state.0.load(Ordering::Acquire) >> 3

@@ -190,6 +190,7 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
         .rate(a.rate)
         .burst(a.burst)
         .max_connections_per_host(a.max_connections)
+        .max_connections(a.max_connections)
         .timeout(a.timeout)
         .breaker(breaker)
         .on_breaker_transition(timeline.listener())
@@ -235,7 +236,11 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
         retries: a.retries,
     };
     let result = runner::run(&client, jobs, opts, stop).await;
-    let sent = result.outcomes.values().filter(|o| !o.refused()).count() as u64;
+    let sent: u64 = result
+        .attempts
+        .values()
+        .map(|(_, sent)| u64::from(*sent))
+        .sum();
     let shutdown = client.shutdown(Duration::from_secs(1)).await;
     eprintln!();
     eprintln!(

@@ -133,6 +133,11 @@ pub(crate) struct RunResult {
     pub(crate) write_errors: usize,
     /// Attempts rescheduled.
     pub(crate) retries: usize,
+    /// Items whose attempt was in flight when the drain deadline cut it off (the upstream may
+    /// have seen it).
+    pub(crate) cut_ids: Vec<String>,
+    /// Tasks in flight, by item.
+    in_flight: std::collections::HashMap<tokio::task::Id, String>,
     /// Per item: attempts made, and of those, attempts that left this process (not refused by
     /// a layer, not a failed connect) — what the upstream should have seen.
     pub(crate) attempts: BTreeMap<String, (u32, u32)>,
@@ -197,7 +202,7 @@ pub(crate) async fn run(
         // The next item: a rescheduled one whose time has come, else a new one, else wait for
         // a rescheduled one or for in-flight items (which may reschedule).
         let next = loop {
-            while let Some(done) = set.try_join_next() {
+            while let Some(done) = set.try_join_next_with_id() {
                 collect(&mut result, done, &bar, &host, &mut later);
             }
             let now = Instant::now();
@@ -212,7 +217,7 @@ pub(crate) async fn run(
                 break None;
             }
             tokio::select! {
-                Some(done) = set.join_next() => collect(&mut result, done, &bar, &host, &mut later),
+                Some(done) = set.join_next_with_id() => collect(&mut result, done, &bar, &host, &mut later),
                 () = sleep_until_some(wake) => {}
                 () = stop.cancelled() => break 'launch,
             }
@@ -230,7 +235,7 @@ pub(crate) async fn run(
                 pending.push_front(next);
                 break 'launch;
             }
-            while let Some(done) = set.try_join_next() {
+            while let Some(done) = set.try_join_next_with_id() {
                 collect(&mut result, done, &bar, &host, &mut later);
             }
             // Do not hammer an upstream whose circuit is open: wait for the breaker's retry
@@ -239,10 +244,14 @@ pub(crate) async fn run(
             let now = Instant::now();
             let mut probe = false;
             let wait = match host.breaker().state() {
-                BreakerState::Closed => None,
+                BreakerState::Closed | BreakerState::Disabled => None,
                 BreakerState::HalfOpen => Some(now + PROBE_POLL),
-                _ => match until {
-                    Some(at) if at > now => Some(at),
+                BreakerState::Open => match (host.breaker().open_remaining(), until) {
+                    // The breaker says how long it stays open.
+                    (Some(left), _) if !left.is_zero() => Some(now + left),
+                    // Opening right now: look again shortly.
+                    (None, _) => Some(now + PROBE_POLL),
+                    (_, Some(at)) if at > now => Some(at),
                     // The open time is over: this item goes as the probe, unless one just went.
                     _ if probed.is_some_and(|p| now < p + PROBE_POLL) => Some(now + PROBE_POLL),
                     _ => {
@@ -250,6 +259,8 @@ pub(crate) async fn run(
                         None
                     }
                 },
+                // Forced open: only its owner ends it; look again now and then.
+                _ => Some(now + PROBE_POLL * 4),
             };
             let wait = match wait {
                 Some(at) => {
@@ -286,9 +297,11 @@ pub(crate) async fn run(
         let out = opts.out.clone();
         let pause = pause.clone();
         let retries = opts.retries;
-        set.spawn(async move {
+        let id = next.job.id.clone();
+        let stopping = stop.clone();
+        let handle = set.spawn(async move {
             let _permit = permit;
-            let tried = fetch_one(&client, next, retries, &headers, out.as_ref()).await;
+            let tried = fetch_one(&client, next, retries, &stopping, &headers, out.as_ref()).await;
             if let (Outcome::Error("circuit_open"), Some(d)) = (&tried.outcome, tried.wait) {
                 let at = Instant::now() + d;
                 let mut p = pause.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,9 +309,8 @@ pub(crate) async fn run(
             }
             tried.done
         });
+        result.in_flight.insert(handle.id(), id);
     }
-    // Items neither finished nor in flight: never started, or waiting for another attempt.
-    result.not_started = pending.len() + later.len();
     let _ = (total, launched);
 
     // Wait for what was launched; from a stop on (also one that comes now, after the last
@@ -311,7 +323,7 @@ pub(crate) async fn run(
     }
     loop {
         tokio::select! {
-            done = set.join_next() => match done {
+            done = set.join_next_with_id() => match done {
                 Some(done) => collect(&mut result, done, &bar, &host, &mut later),
                 None => break,
             },
@@ -321,11 +333,14 @@ pub(crate) async fn run(
             }
             () = sleep_until_some(deadline) => {
                 result.cut_off = set.len();
+                result.cut_ids = result.in_flight.drain().map(|(_, id)| id).collect();
                 set.abort_all();
                 break;
             }
         }
     }
+    // Items neither finished nor in flight: never started, or waiting for another attempt.
+    result.not_started = pending.len() + later.len();
     result.stopped = stop.is_cancelled();
     bar.finish_and_clear();
     result.elapsed = started.elapsed();
@@ -342,12 +357,21 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 fn collect(
     result: &mut RunResult,
-    done: Result<Finished, tokio::task::JoinError>,
+    done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
     bar: &ProgressBar,
     host: &palisade_client::Host,
     later: &mut BinaryHeap<Reverse<(Instant, Attempt)>>,
 ) {
-    let Ok(f) = done else { return };
+    let f = match done {
+        Ok((task, f)) => {
+            result.in_flight.remove(&task);
+            f
+        }
+        Err(e) => {
+            result.in_flight.remove(&e.id());
+            return;
+        }
+    };
     let counts = result.attempts.entry(f.id.clone()).or_insert((0, 0));
     counts.0 += 1;
     counts.1 += u32::from(f.sent);
@@ -434,6 +458,7 @@ async fn fetch_one(
     client: &Client,
     next: Attempt,
     retries: u32,
+    stop: &CancellationToken,
     headers: &[(HeaderName, HeaderValue)],
     out: Option<&Output>,
 ) -> Tried {
@@ -498,7 +523,8 @@ async fn fetch_one(
     let sent = !outcome.refused()
         && outcome != Outcome::Error("connect")
         && outcome != Outcome::Error("builder");
-    if next.attempt < retries {
+    // Once stopping, an attempt is final: its line is written now, not rescheduled.
+    if next.attempt < retries && !stop.is_cancelled() {
         if let Some(after) = worth_retrying(&outcome, wait, next.attempt, &job.id) {
             let id = job.id.clone();
             let again = Attempt {

@@ -949,3 +949,122 @@ async fn at_twice_the_quota_every_item_ends_as_200() {
         "each 429 cost exactly one more attempt"
     );
 }
+
+/// After a stop, an attempt that fails in a retryable way is final: its line is written, and
+/// the report's counts add up (nothing vanishes into the retry queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_during_the_drain_is_written_not_rescheduled() {
+    let upstream = Upstream::builder()
+        .outage(Outage::time(Duration::ZERO..Duration::from_secs(3600)).status(503))
+        .latency(Latency::fixed(Duration::from_millis(500)))
+        .start()
+        .await
+        .unwrap();
+    let dir = scratch("drain-retryable");
+    let out = dir.join("results.jsonl");
+    let tpl = template(&upstream);
+    let child = command(&fetch(
+        &tpl,
+        &out,
+        &[
+            "--ids",
+            "1..3",
+            "--rate",
+            "1000/s",
+            "--burst",
+            "3",
+            "--concurrency",
+            "3",
+            "--retries",
+            "3",
+            "--drain-timeout",
+            "1m",
+            "--breaker-window",
+            "100",
+        ],
+    ))
+    .spawn()
+    .unwrap();
+    upstream.wait_for_requests(3).await;
+    signal(&child, "INT");
+    let stopped = finish(child).await;
+    stopped.expect_code(130);
+    assert_eq!(stopped.stopped(), (3, 0, 0), "{}", stopped.stderr);
+    let written = lines(&out);
+    assert_eq!(unique_ids(&written), id_range(1, 3));
+    for line in &written {
+        assert_eq!(line["status"], 503, "{line}");
+        assert_eq!(line["attempts"], 1, "{line}");
+    }
+    assert_eq!(upstream.requests_received(), 3);
+}
+
+/// Once the breaker opens, the launcher waits for its open time (it asks the breaker) instead
+/// of sending the next item straight into the open circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launcher_waits_for_the_open_breaker_instead_of_spending_an_item() {
+    let upstream = Upstream::builder()
+        .outage(Outage::requests(1..3).status(503))
+        .start()
+        .await
+        .unwrap();
+    let dir = scratch("breaker-wait");
+    let out = dir.join("results.jsonl");
+    let tpl = template(&upstream);
+    let run = run(&fetch(
+        &tpl,
+        &out,
+        &[
+            "--ids",
+            "1..5",
+            "--rate",
+            "1000/s",
+            "--concurrency",
+            "1",
+            "--retries",
+            "0",
+            "--breaker-window",
+            "2",
+            "--breaker-failure-rate",
+            "100",
+            "--breaker-open",
+            "1s",
+        ],
+    ))
+    .await;
+    let written = lines(&out);
+    assert_eq!(unique_ids(&written), id_range(1, 5));
+    let refused: Vec<&Value> = written
+        .iter()
+        .filter(|l| l["error"] == "circuit_open")
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "items spent on the open circuit: {refused:?}\n{}",
+        run.stderr
+    );
+    let ok = written.iter().filter(|l| l["status"] == 200).count();
+    assert_eq!(
+        ok, 3,
+        "after the open time, the rest succeed:\n{}",
+        run.stderr
+    );
+    run.expect_code(1);
+}
+
+/// `--max-connections` above the client's default total of 100 is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_connections_may_be_asked_for() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let dir = scratch("many-connections");
+    let out = dir.join("results.jsonl");
+    let tpl = template(&upstream);
+    let run = run(&fetch(
+        &tpl,
+        &out,
+        &["--ids", "1..2", "--max-connections", "150"],
+    ))
+    .await;
+    run.expect_code(0);
+    assert_eq!(lines(&out).len(), 2);
+}

@@ -20,13 +20,13 @@ use palisade_shutdown::{ShutdownHandle, ShutdownLayer, ShutdownService, Shutting
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::retry::{Retry, RetryLayer};
-use tower::util::Oneshot;
+use tower::util::{Either, Oneshot};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::builder::{ClientBuilder, TransitionListener};
 use crate::connect::{origin_key, Connector, Pooled};
 use crate::error::{BoxError, Error};
-use crate::gate::{GateState, HostGate};
+use crate::gate::{GateState, HoldWait, HostGate};
 use crate::origin::Origin;
 use crate::response::Response;
 use crate::retry::{Retries, RetryPolicy, RetryShared};
@@ -36,8 +36,10 @@ type KeyFn = fn(&Request<Body>) -> Origin;
 type PoolService = Pool<Connector, Origin, KeyFn>;
 /// One origin's stack: breaker → rate limit → gate → (shared) pool → connection, whose every
 /// exchange is bounded by the timeout ([`Pooled`]).
-type HostService =
-    Retry<RetryPolicy, CircuitBreaker<RateLimit<HostGate<PoolService>>, StackClassifier>>;
+type Guarded = HoldWait<CircuitBreaker<RateLimit<HostGate<PoolService>>, StackClassifier>>;
+/// Without retries, no `Retry` layer at all: tower's clones the whole stack below it for every
+/// request.
+type HostService = Either<Retry<RetryPolicy, Guarded>, Guarded>;
 
 /// The breaker's classifier: HTTP's (5xx, timeouts, connection errors are failures), except
 /// that a request refused inside this client — by the rate limiter (`max_rate_wait`), a full
@@ -169,14 +171,16 @@ impl MakeHost {
             rate = rate.max_wait(wait);
         }
         let gate_state = gate.clone();
+        let wait_state = gate.clone();
+        // Its connections check the hold just before sending.
+        self.connector.register_hold(&origin, gate.clone());
         // One retry budget per origin, outside its breaker: a retry meets the open circuit like
         // any request, and a refusal is never retried.
         let retry = self.retries.clone().map(|r| Arc::new(RetryShared::new(r)));
-        let service = ServiceBuilder::new()
-            .layer(RetryLayer::new(RetryPolicy::new(
-                retry.clone(),
-                breaker.clone(),
-            )))
+        let guarded = ServiceBuilder::new()
+            // A hold is waited out before the breaker hands out a ticket (a probe held for
+            // longer than the breaker's patience would be taken for a hung one).
+            .layer_fn(move |s| HoldWait::new(s, wait_state.clone()))
             .layer(
                 CircuitBreakerLayer::from_breaker(breaker.clone())
                     .with_classifier(StackClassifier(HttpClassifier::server_errors())),
@@ -184,6 +188,12 @@ impl MakeHost {
             .layer(rate)
             .layer_fn(move |s| HostGate::new(s, gate_state.clone()))
             .service(self.pool.layer(self.connector.clone()));
+        let service = match &retry {
+            Some(_) => Either::Left(
+                RetryLayer::new(RetryPolicy::new(retry.clone(), breaker.clone())).layer(guarded),
+            ),
+            None => Either::Right(guarded),
+        };
         Host {
             origin,
             service,
@@ -196,6 +206,14 @@ impl MakeHost {
 }
 
 impl Hosts {
+    /// A clone of the origin's stack (only the stack: this runs for every request).
+    fn service(&self, origin: &Origin) -> HostService {
+        if *origin == self.base.origin {
+            return self.base.service.clone();
+        }
+        self.get(origin).service
+    }
+
     fn get(&self, origin: &Origin) -> Host {
         if *origin == self.base.origin {
             return self.base.clone();
@@ -228,7 +246,7 @@ impl Service<Request<Body>> for Router {
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
         match Origin::of(req.uri()) {
             Some(origin) => RouteFuture {
-                inner: Some(self.hosts.get(&origin).service.oneshot(req)),
+                inner: Some(self.hosts.service(&origin).oneshot(req)),
                 error: None,
             },
             None => RouteFuture {
@@ -378,15 +396,19 @@ impl Client {
         let base = &self.inner.base;
         let prefix = base.path().trim_end_matches('/');
         let rest = path.trim_start_matches('/');
-        let full = format!(
-            "{}://{}{}/{}",
-            base.scheme_str().unwrap_or("http"),
-            base.authority().map_or("", |a| a.as_str()),
-            prefix,
-            rest
+        let mut joined = String::with_capacity(prefix.len() + 1 + rest.len());
+        joined.push_str(prefix);
+        joined.push('/');
+        joined.push_str(rest);
+        // The base's scheme and authority are shared, not parsed again.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = base.scheme().cloned();
+        parts.authority = base.authority().cloned();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(joined)
+                .map_err(|e| Error::builder_source(format!("path {path:?}"), e))?,
         );
-        full.parse()
-            .map_err(|e| Error::builder_source(format!("path {path:?}"), e))
+        Uri::from_parts(parts).map_err(|e| Error::builder_source(format!("path {path:?}"), e))
     }
 
     /// `GET` of `path` (relative to the base URL, or absolute).

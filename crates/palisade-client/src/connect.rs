@@ -1,11 +1,11 @@
 //! The connector (an [`Origin`] to an HTTP/1.1 connection) and the connection as a
 //! `tower::Service`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-#[cfg(feature = "tls")]
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tower::timeout::Timeout;
 use tower::Service;
 
 use crate::error::{BoxError, ConnectError, RequestNotSent};
+use crate::gate::{GateState, Held};
 use crate::origin::Origin;
 use crate::Body;
 
@@ -40,6 +41,8 @@ pub(crate) type Pooled = Timeout<Connection>;
 pub(crate) struct Connector {
     /// The per-exchange timeout of the connections made.
     timeout: Duration,
+    /// Each origin's hold, so its connections check it just before sending.
+    holds: Holds,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -51,6 +54,14 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
+    /// Registers an origin's hold, for the connections made to it from now on.
+    pub(crate) fn register_hold(&self, origin: &Origin, hold: Arc<GateState>) {
+        self.holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(origin.clone(), hold);
+    }
+
     #[cfg(feature = "tls")]
     pub(crate) fn new(
         timeout: Duration,
@@ -58,15 +69,22 @@ impl Connector {
     ) -> Self {
         Connector {
             timeout,
+            holds: Holds::default(),
             tls: tls.map(tokio_rustls::TlsConnector::from),
         }
     }
 
     #[cfg(not(feature = "tls"))]
     pub(crate) fn new(timeout: Duration) -> Self {
-        Connector { timeout }
+        Connector {
+            timeout,
+            holds: Holds::default(),
+        }
     }
 }
+
+/// The holds of the origins, shared by the connector and the per-origin stacks.
+pub(crate) type Holds = Arc<Mutex<HashMap<Origin, Arc<GateState>>>>;
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
 
@@ -97,7 +115,20 @@ impl Service<Origin> for Connector {
                 }
             });
             tracing::debug!(origin = %name, "connected");
-            Ok(Timeout::new(Connection { sender, origin }, this.timeout))
+            let hold = this
+                .holds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&origin)
+                .cloned();
+            Ok(Timeout::new(
+                Connection {
+                    host: HeaderValue::from_str(origin.authority().as_str()).ok(),
+                    hold,
+                    sender,
+                },
+                this.timeout,
+            ))
         })
     }
 }
@@ -155,7 +186,11 @@ impl Connector {
 /// connection: a hung connection is never handed out again.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Body>,
-    origin: Origin,
+    /// The origin's hold: checked at the last moment, since a request may have waited for this
+    /// connection while an answer began a hold.
+    hold: Option<Arc<GateState>>,
+    /// The `Host` header, made once per connection.
+    host: Option<HeaderValue>,
 }
 
 type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
@@ -170,10 +205,15 @@ impl Service<Request<Body>> for Connection {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> SendFuture {
+        if let Some(until) = self.hold.as_ref().and_then(|h| h.hold_until()) {
+            // Not sent: the gate above waits and sends again (on this connection or another).
+            let held: BoxError = Box::new(Held { until, req });
+            return Box::pin(std::future::ready(Err(held)));
+        }
         // HTTP/1.1 wants the origin form (`/path?query`) and a Host header.
         if !req.headers().contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(self.origin.authority().as_str()) {
-                req.headers_mut().insert(HOST, host);
+            if let Some(host) = &self.host {
+                req.headers_mut().insert(HOST, host.clone());
             }
         }
         let mut parts = http::uri::Parts::default();

@@ -7,6 +7,7 @@
 //! the limiter, spending nothing; requests already past it (admitted before the answer came)
 //! wait here. So no request reaches the origin before the instant.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,9 @@ use palisade_ratelimit::RateLimiter;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
+
+use crate::error::BoxError;
+use crate::Body;
 
 /// Per-origin "not before" state shared by the origin's gate services.
 #[derive(Debug)]
@@ -50,6 +54,10 @@ impl GateState {
     /// The instant before which nothing is sent, if it is still ahead.
     pub(crate) fn hold_until(&self) -> Option<Instant> {
         let nb = self.not_before.load(Ordering::Acquire);
+        if nb == 0 {
+            // Never held: no clock read on the common path.
+            return None;
+        }
         let now = Instant::now();
         (nb > self.nanos(now)).then(|| self.origin + Duration::from_nanos(nb))
     }
@@ -116,91 +124,190 @@ impl<S> HostGate<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for HostGate<S>
+impl<S> Service<Request<Body>> for HostGate<S>
 where
-    S: Service<Request<B>, Response = Response<hyper::body::Incoming>> + Clone,
+    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>, Error = BoxError> + Clone,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = GateFuture<S, Request<B>>;
+    type Error = BoxError;
+    type Future = GateFuture<S>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.state.hold_until() {
-            None => GateFuture {
-                sleep: None,
-                held: None,
-                fut: Some(self.inner.call(req)),
-                state: self.state.clone(),
-            },
-            Some(until) => {
-                // This clone stands in for the readied service; the pool is always ready.
-                let fresh = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, fresh);
-                GateFuture {
-                    sleep: Some(tokio::time::sleep_until(until)),
-                    held: Some((inner, req)),
-                    fut: None,
-                    state: self.state.clone(),
-                }
-            }
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The readied service goes into the future (which may have to send more than once, if
+        // the connection it is handed finds a hold in force); a clone stays here.
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let sleep = self.state.hold_until().map(tokio::time::sleep_until);
+        GateFuture {
+            sleep,
+            inner,
+            ready: true,
+            req: Some(req),
+            fut: None,
+            state: self.state.clone(),
         }
     }
 }
 
 pin_project! {
-    /// The gate's response future: waits out a hold, then sends, then reads the answer.
-    pub(crate) struct GateFuture<S: Service<R>, R> {
+    /// The gate's response future: waits out a hold, sends, and if the connection it was
+    /// handed found a hold begun meanwhile, waits that out and sends again; then reads the
+    /// answer.
+    pub(crate) struct GateFuture<S: Service<Request<Body>>> {
         #[pin]
         sleep: Option<Sleep>,
-        held: Option<(S, R)>,
+        inner: S,
+        // Whether `inner` is known ready (it was readied before `call`).
+        ready: bool,
+        req: Option<Request<Body>>,
         #[pin]
         fut: Option<S::Future>,
         state: Arc<GateState>,
     }
 }
 
-impl<S, B> Future for GateFuture<S, Request<B>>
+impl<S> Future for GateFuture<S>
 where
-    S: Service<Request<B>, Response = Response<hyper::body::Incoming>>,
+    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>, Error = BoxError>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-            if sleep.poll(cx).is_pending() {
-                return Poll::Pending;
+        loop {
+            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // A later answer may have pushed the hold further.
+                if let Some(until) = this.state.hold_until() {
+                    this.sleep.set(Some(tokio::time::sleep_until(until)));
+                    continue;
+                }
+                this.sleep.set(None);
             }
-            // A later answer may have pushed the hold further.
-            if let Some(until) = this.state.hold_until() {
-                this.sleep.set(Some(tokio::time::sleep_until(until)));
-                return self_poll_again(cx);
+            if let Some(req) = this.req.take() {
+                if !*this.ready {
+                    match this.inner.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            *this.req = Some(req);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                *this.ready = false;
+                this.fut.set(Some(this.inner.call(req)));
             }
-            this.sleep.set(None);
+            let fut = this.fut.as_mut().as_pin_mut().expect("sent");
+            let res = match fut.poll(cx) {
+                Poll::Ready(res) => res,
+                Poll::Pending => return Poll::Pending,
+            };
+            this.fut.set(None);
+            match res {
+                Ok(res) => {
+                    this.state.observe(&res);
+                    return Poll::Ready(Ok(res));
+                }
+                Err(e) => match e.downcast::<Held>() {
+                    // Not sent: a hold began while it waited for its connection.
+                    Ok(held) => {
+                        let held = *held;
+                        *this.req = Some(held.req);
+                        this.sleep.set(Some(tokio::time::sleep_until(held.until)));
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+            }
         }
-        if let Some((mut inner, req)) = this.held.take() {
-            this.fut.set(Some(inner.call(req)));
-        }
-        let fut = this.fut.as_mut().as_pin_mut().expect("sent");
-        let res = match fut.poll(cx) {
-            Poll::Ready(res) => res,
-            Poll::Pending => return Poll::Pending,
-        };
-        this.fut.set(None);
-        if let Ok(res) = &res {
-            this.state.observe(res);
-        }
-        Poll::Ready(res)
     }
 }
 
-fn self_poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
-    cx.waker().wake_by_ref();
-    Poll::Pending
+/// A connection found a hold in force just before sending: the request, unsent, and the end
+/// of the hold. Caught by [`HostGate`], which waits and sends again; never seen by callers.
+pub(crate) struct Held {
+    pub(crate) until: Instant,
+    pub(crate) req: Request<Body>,
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("held by the upstream's Retry-After; not sent")
+    }
+}
+
+impl std::error::Error for Held {}
+
+/// Waits out a hold in `poll_ready`, before the layers below take anything — above all before
+/// the breaker hands out a probe ticket, which a long hold would otherwise make look hung.
+#[derive(Debug)]
+pub(crate) struct HoldWait<S> {
+    inner: S,
+    state: Arc<GateState>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: Clone> Clone for HoldWait<S> {
+    fn clone(&self) -> Self {
+        HoldWait {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            sleep: None,
+        }
+    }
+}
+
+impl<S> HoldWait<S> {
+    pub(crate) fn new(inner: S, state: Arc<GateState>) -> Self {
+        HoldWait {
+            inner,
+            state,
+            sleep: None,
+        }
+    }
+}
+
+impl<S, R> Service<R> for HoldWait<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        while let Some(until) = self.state.hold_until() {
+            match &mut self.sleep {
+                Some(sleep) if sleep.deadline() == until => {}
+                Some(sleep) => sleep.as_mut().reset(until),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
+            let sleep = self.sleep.as_mut().expect("set above");
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.sleep = None;
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
 }
 
 #[cfg(test)]

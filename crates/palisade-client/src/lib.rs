@@ -61,7 +61,7 @@ pub use client::{Client, Host, ResponseFuture, ShutdownReport};
 pub use error::{BoxError, ConnectError, Error, RequestNotSent};
 pub use origin::Origin;
 pub use response::Response;
-pub use retry::{Idempotent, Retries};
+pub use retry::{Idempotent, Retries, RetryRefused};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -184,6 +184,8 @@ pub(crate) struct RetryPolicy {
     breaker: Breaker,
     attempt: u32,
     deposited: bool,
+    /// What the previous attempt got, in words, for a retry that is then refused here.
+    last: Option<String>,
 }
 
 impl RetryPolicy {
@@ -193,7 +195,67 @@ impl RetryPolicy {
             breaker,
             attempt: 0,
             deposited: false,
+            last: None,
         }
+    }
+}
+
+/// Refused inside the client: the request never left.
+fn refused_inside(e: &BoxError) -> bool {
+    e.is::<CircuitOpen>()
+        || e.is::<ShuttingDown>()
+        || e.is::<RateLimited>()
+        || e.is::<PoolFull>()
+        || e.is::<PoolClosed>()
+}
+
+/// Stands in for a result while it is being moved.
+#[derive(Debug)]
+struct Placeholder;
+
+impl std::fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(moved)")
+    }
+}
+
+impl std::error::Error for Placeholder {}
+
+/// A request that reached the upstream, whose retry was then refused inside the client (the
+/// breaker opened meanwhile, the pool closed, the rate limit would wait too long). The
+/// `source` is the refusal.
+#[derive(Debug)]
+pub struct RetryRefused {
+    attempts: u32,
+    last: Option<String>,
+    refusal: BoxError,
+}
+
+impl RetryRefused {
+    /// Attempts that reached the upstream.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// What the last of them got, in words (`answered 502 Bad Gateway`, or its error).
+    pub fn last(&self) -> Option<&str> {
+        self.last.as_deref()
+    }
+}
+
+impl std::fmt::Display for RetryRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sent {} time(s)", self.attempts)?;
+        if let Some(last) = &self.last {
+            write!(f, " (last {last})")?;
+        }
+        write!(f, "; the retry was refused: {}", self.refusal)
+    }
+}
+
+impl std::error::Error for RetryRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.refusal as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -230,12 +292,7 @@ fn verdict<B>(req: &Request<Body>, result: &Result<Response<B>, BoxError>, s: &R
             }
         }
         Err(e) => {
-            if e.is::<CircuitOpen>()
-                || e.is::<ShuttingDown>()
-                || e.is::<RateLimited>()
-                || e.is::<PoolFull>()
-                || e.is::<PoolClosed>()
-            {
+            if refused_inside(e) {
                 Verdict::No
             } else if e.is::<ConnectError>() || e.is::<ConnectTimeout>() || e.is::<RequestNotSent>()
             {
@@ -260,15 +317,36 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
         result: &mut Result<Response<B>, BoxError>,
     ) -> Option<Sleep> {
         let shared = self.shared.as_ref()?;
-        if !self.deposited {
+        let refused_here = match result {
+            Ok(_) => false,
+            Err(e) => refused_inside(e),
+        };
+        // Only a request that reached the upstream pays into the budget: refusals made here
+        // must not fund retries.
+        if !self.deposited && !refused_here {
             shared.budget.deposit();
             self.deposited = true;
+        }
+        if refused_here && self.attempt > 0 {
+            // A retry refused here (the breaker opened meanwhile, the pool closed, ...): the
+            // request did reach the upstream before, so say that, not "never sent".
+            if let Err(e) = std::mem::replace(result, Err(Box::new(Placeholder))) {
+                *result = Err(Box::new(RetryRefused {
+                    attempts: self.attempt,
+                    last: self.last.take(),
+                    refusal: e,
+                }));
+            }
+            return None;
         }
         let s = &shared.settings;
         if self.attempt >= s.max_retries {
             return None;
         }
-        if self.breaker.state() != BreakerState::Closed {
+        if !matches!(
+            self.breaker.state(),
+            BreakerState::Closed | BreakerState::Disabled
+        ) {
             // The answer just seen may have opened it: the caller gets that answer, not a
             // refusal of the retry.
             return None;
@@ -290,6 +368,10 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
             return None;
         }
         self.attempt += 1;
+        self.last = Some(match result {
+            Ok(res) => format!("answered {}", res.status()),
+            Err(e) => e.to_string(),
+        });
         shared.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(uri = %req.uri(), attempt = self.attempt, ?delay, "retrying");
         Some(tokio::time::sleep(delay))

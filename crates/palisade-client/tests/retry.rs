@@ -318,3 +318,99 @@ fn bad_retry_settings_are_builder_errors() {
         assert!(e.to_string().contains(words), "{e}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_force_closed_breaker_still_lets_retries_through() {
+    let upstream = Upstream::builder()
+        .outage(Outage::requests(1..2).status(502))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .retries(Retries::new(2))
+        .build()
+        .unwrap();
+    client.base_host().breaker().force_closed();
+    let res = client.get("/a").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(client.base_host().retries(), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_do_not_fund_the_retry_budget() {
+    let upstream = Upstream::builder()
+        .outage(Outage::time(Duration::ZERO..Duration::from_secs(3600)).status(502))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .retries(Retries::new(3).budget(0.1, 0, Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let host = client.base_host();
+    host.breaker().force_open();
+    for i in 0..100 {
+        assert!(client
+            .get(&format!("/r/{i}"))
+            .await
+            .unwrap_err()
+            .is_circuit_open());
+    }
+    host.breaker().reset();
+    for i in 0..3 {
+        let res = client.get(&format!("/s/{i}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        upstream.requests_received(),
+        3,
+        "100 refusals bought no retries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_by_a_breaker_opened_meanwhile_says_the_request_was_sent() {
+    let upstream = Upstream::builder()
+        .outage(Outage::time(Duration::ZERO..Duration::from_secs(3600)).status(502))
+        .start()
+        .await
+        .unwrap();
+    let breaker = palisade_breaker::Config::builder()
+        .consecutive_failures(2)
+        .open_duration(60 * SECOND, 1, 60 * SECOND)
+        .jitter(0)
+        .build()
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .retries(Retries::new(1).backoff(10 * SECOND, 10 * SECOND).budget(
+            1.0,
+            100,
+            Duration::from_secs(10),
+        ))
+        .breaker(breaker)
+        .build()
+        .unwrap();
+    let c = client.clone();
+    let a = tokio::spawn(async move { c.get("/a").await.map(|r| r.status()) });
+    upstream.wait_for_requests(1).await;
+    // A second failure opens the breaker while "/a" waits to retry.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let b = client.get("/b").await.unwrap();
+    assert_eq!(b.status(), StatusCode::BAD_GATEWAY);
+    let e = a.await.unwrap().unwrap_err();
+    assert!(!e.is_refused(), "the request reached the upstream: {e}");
+    assert!(e.is_request(), "{e}");
+    let refused = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<palisade_client::RetryRefused>())
+        .expect("RetryRefused underneath");
+    assert_eq!(refused.attempts(), 1);
+    assert!(
+        refused.last().unwrap().contains("502"),
+        "{:?}",
+        refused.last()
+    );
+    assert_eq!(
+        upstream.records().iter().filter(|r| r.path == "/a").count(),
+        1
+    );
+}
