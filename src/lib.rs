@@ -9,6 +9,7 @@
 //! | `pool` | [`pool`] | `palisade-pool`: a keyed connection pool with hard limits, FIFO hand-off and an awaitable close |
 //! | `shutdown` | [`shutdown`] | `palisade-shutdown`: graceful shutdown that drains servers, workers and clients |
 //! | `client` | [`client`] | `palisade-client`: the four composed into an HTTP client in front of an API |
+//! | `redis` (not default) | [`ratelimit_redis`] | `palisade-ratelimit-redis`: the rate-limit layers over a limit kept in Redis, shared by a fleet |
 //!
 //! # Example
 //!
@@ -38,6 +39,10 @@ pub use palisade_pool as pool;
 /// The HTTP client: see [`palisade_client`].
 #[cfg(feature = "client")]
 pub use palisade_client as client;
+
+/// A rate limit shared by a fleet, kept in Redis: see [`palisade_ratelimit_redis`].
+#[cfg(feature = "redis")]
+pub use palisade_ratelimit_redis as ratelimit_redis;
 
 /// Graceful shutdown: see [`palisade_shutdown`].
 #[cfg(feature = "shutdown")]

@@ -17,7 +17,9 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    pub(crate) const fn new(retry_after: Duration, quota: Quota) -> RateLimited {
+    /// A refusal by `quota`, conforming again after `retry_after`: for limiters kept elsewhere
+    /// (palisade-ratelimit-redis) that answer with the same error as this crate's.
+    pub const fn new(retry_after: Duration, quota: Quota) -> RateLimited {
         RateLimited { retry_after, quota }
     }
 
