@@ -39,7 +39,32 @@ type PoolService = Pool<Connector, Origin, KeyFn>;
 type Guarded = HoldWait<CircuitBreaker<RateLimit<HostGate<PoolService>>, StackClassifier>>;
 /// Without retries, no `Retry` layer at all: tower's clones the whole stack below it for every
 /// request.
-type HostService = Either<Retry<RetryPolicy, Guarded>, Guarded>;
+type HostService = Either<Boxed<Retry<RetryPolicy, Guarded>>, Guarded>;
+
+/// A service whose future is boxed: the retry branch's future holds a whole copy of the stack
+/// and the request, and unboxed it would make every request's future that large.
+#[derive(Clone)]
+pub(crate) struct Boxed<S>(S);
+
+type BoxedFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<S> Service<Request<Body>> for Boxed<S>
+where
+    S: Service<Request<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxedFuture<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
+}
 
 /// The breaker's classifier: HTTP's (5xx, timeouts, connection errors are failures), except
 /// that a request refused inside this client — by the rate limiter (`max_rate_wait`), a full
@@ -189,9 +214,9 @@ impl MakeHost {
             .layer_fn(move |s| HostGate::new(s, gate_state.clone()))
             .service(self.pool.layer(self.connector.clone()));
         let service = match &retry {
-            Some(_) => Either::Left(
+            Some(_) => Either::Left(Boxed(
                 RetryLayer::new(RetryPolicy::new(retry.clone(), breaker.clone())).layer(guarded),
-            ),
+            )),
             None => Either::Right(guarded),
         };
         Host {

@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tower::timeout::Timeout;
 use tower::Service;
 
 use crate::error::{BoxError, ConnectError, RequestNotSent};
@@ -33,7 +32,8 @@ type Stream = TcpStream;
 /// client's timeout. The timeout sits here, below the pool and the upstream's hold, so that it
 /// measures the exchange alone: waiting for a rate-limit turn, a `Retry-After` hold or a free
 /// connection is not the upstream being slow, and must not become a breaker failure.
-pub(crate) type Pooled = Timeout<Connection>;
+/// (The deadline is inside the connection's boxed future, so the pool's future stays small.)
+pub(crate) type Pooled = Connection;
 
 /// Makes HTTP/1.1 connections: TCP, then TLS for `https`, then hyper's handshake; the
 /// connection's task is spawned on the current tokio runtime.
@@ -121,14 +121,12 @@ impl Service<Origin> for Connector {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&origin)
                 .cloned();
-            Ok(Timeout::new(
-                Connection {
-                    host: HeaderValue::from_str(origin.authority().as_str()).ok(),
-                    hold,
-                    sender,
-                },
-                this.timeout,
-            ))
+            Ok(Connection {
+                host: HeaderValue::from_str(origin.authority().as_str()).ok(),
+                hold,
+                sender,
+                timeout: this.timeout,
+            })
         })
     }
 }
@@ -186,6 +184,8 @@ impl Connector {
 /// connection: a hung connection is never handed out again.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Body>,
+    /// The bound on each exchange (request sent to response head).
+    timeout: Duration,
     /// The origin's hold: checked at the last moment, since a request may have waited for this
     /// connection while an answer began a hold.
     hold: Option<Arc<GateState>>,
@@ -227,8 +227,14 @@ impl Service<Request<Body>> for Connection {
             *req.uri_mut() = uri;
         }
         let sent = self.sender.try_send_request(req);
+        let timeout = self.timeout;
         Box::pin(async move {
-            sent.await.map_err(|mut e| -> BoxError {
+            let Ok(sent) = tokio::time::timeout(timeout, sent).await else {
+                // Dropping hyper's response future makes it close the connection: a hung
+                // exchange's connection is never handed out again.
+                return Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError);
+            };
+            sent.map_err(|mut e| -> BoxError {
                 // hyper hands the request back when not a byte of it was written: safe to send
                 // again, whatever the method.
                 if e.take_message().is_some() {

@@ -141,7 +141,10 @@ where
         // the connection it is handed finds a hold in force); a clone stays here.
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let sleep = self.state.hold_until().map(tokio::time::sleep_until);
+        let sleep = self
+            .state
+            .hold_until()
+            .map(|t| Box::pin(tokio::time::sleep_until(t)));
         GateFuture {
             sleep,
             inner,
@@ -158,8 +161,8 @@ pin_project! {
     /// handed found a hold begun meanwhile, waits that out and sends again; then reads the
     /// answer.
     pub(crate) struct GateFuture<S: Service<Request<Body>>> {
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: only a hold arms it, so the common path's future stays small.
+        sleep: Option<Pin<Box<Sleep>>>,
         inner: S,
         // Whether `inner` is known ready (it was readied before `call`).
         ready: bool,
@@ -179,16 +182,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                if sleep.poll(cx).is_pending() {
+            if let Some(sleep) = this.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 // A later answer may have pushed the hold further.
                 if let Some(until) = this.state.hold_until() {
-                    this.sleep.set(Some(tokio::time::sleep_until(until)));
+                    *this.sleep = Some(Box::pin(tokio::time::sleep_until(until)));
                     continue;
                 }
-                this.sleep.set(None);
+                *this.sleep = None;
             }
             if let Some(req) = this.req.take() {
                 if !*this.ready {
@@ -220,7 +223,7 @@ where
                     Ok(held) => {
                         let held = *held;
                         *this.req = Some(held.req);
-                        this.sleep.set(Some(tokio::time::sleep_until(held.until)));
+                        *this.sleep = Some(Box::pin(tokio::time::sleep_until(held.until)));
                     }
                     Err(e) => return Poll::Ready(Err(e)),
                 },

@@ -49,8 +49,8 @@ pin_project! {
         connect: Option<C::Future>,
         #[pin]
         call: Option<<C::Response as Service<Req>>::Future>,
-        #[pin]
-        timer: Option<Sleep>,
+        // Boxed: armed only to connect, so the common path's future stays small.
+        timer: Option<Pin<Box<Sleep>>>,
         // The duration the timer was armed with, for the error it reports.
         armed: Duration,
         // The clock reading of the checkout, while this poll has not returned `Pending` since:
@@ -133,7 +133,7 @@ where
                     Ok(Checkout::Connect) => {
                         let timeout = shared.config.connect_timeout;
                         *this.armed = timeout.unwrap_or_default();
-                        this.timer.set(timeout.map(sleep));
+                        *this.timer = timeout.map(|t| Box::pin(sleep(t)));
                         *this.state = State::Connecting(SlotGuard::new(shared, key));
                     }
                     Ok(Checkout::Wait(cell, idx, seq, wake_upkeep)) => {
@@ -159,7 +159,7 @@ where
                     Poll::Ready((Grant::Connect, shared, key)) => {
                         let timeout = shared.config.connect_timeout;
                         *this.armed = timeout.unwrap_or_default();
-                        this.timer.set(timeout.map(sleep));
+                        *this.timer = timeout.map(|t| Box::pin(sleep(t)));
                         *this.state = State::Connecting(SlotGuard::new(shared, key));
                     }
                     Poll::Ready((Grant::Closed, _, _)) => {
@@ -190,7 +190,7 @@ where
                                 return Poll::Ready(Err(e));
                             }
                             Poll::Pending => {
-                                if timer_fired(this.timer.as_mut(), cx) {
+                                if timer_fired(this.timer, cx) {
                                     let e = ConnectTimeout::new(*this.armed);
                                     slot.failed(&e);
                                     return Poll::Ready(Err(e.into()));
@@ -216,13 +216,13 @@ where
                         }
                         Poll::Ready(Err(e)) => {
                             this.connect.set(None);
-                            this.timer.set(None);
+                            *this.timer = None;
                             let e: BoxError = e.into();
                             slot.failed(&e);
                             return Poll::Ready(Err(e));
                         }
                         Poll::Pending => {
-                            if timer_fired(this.timer.as_mut(), cx) {
+                            if timer_fired(this.timer, cx) {
                                 this.connect.set(None);
                                 let e = ConnectTimeout::new(*this.armed);
                                 slot.failed(&e);
@@ -238,19 +238,19 @@ where
                 }
                 State::Ready { mut lease, fresh } => match lease.conn_mut().poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        this.timer.set(None);
+                        *this.timer = None;
                         let req = this.req.take().expect("the request is sent once");
                         let fut = lease.conn_mut().call(req);
                         this.call.set(Some(fut));
                         *this.state = State::Calling(lease);
                     }
                     Poll::Ready(Err(e)) if fresh => {
-                        this.timer.set(None);
+                        *this.timer = None;
                         drop(lease.discard());
                         return Poll::Ready(Err(e.into()));
                     }
                     Poll::Pending if fresh => {
-                        if timer_fired(this.timer.as_mut(), cx) {
+                        if timer_fired(this.timer, cx) {
                             drop(lease.discard());
                             return Poll::Ready(Err(ConnectTimeout::new(*this.armed).into()));
                         }
@@ -274,7 +274,7 @@ where
                             _ => {
                                 let timeout = shared.config.connect_timeout;
                                 *this.armed = timeout.unwrap_or_default();
-                                this.timer.set(timeout.map(sleep));
+                                *this.timer = timeout.map(|t| Box::pin(sleep(t)));
                                 *this.state = State::Connecting(SlotGuard::new(shared, key));
                             }
                         }
@@ -303,6 +303,8 @@ where
 }
 
 /// Whether the armed timer (if any) has fired.
-fn timer_fired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
-    timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready())
+fn timer_fired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
 }
