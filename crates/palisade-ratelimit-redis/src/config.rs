@@ -33,7 +33,8 @@ pub enum FailurePolicy {
     /// they do not wait for Redis to come back.
     FailClosed,
     /// Decide with a local limiter holding `share` of the quota (`0 < share ≤ 1`): the same
-    /// burst and rate multiplied by `share` (the burst rounded down, at least 1). With `N`
+    /// burst and rate multiplied by `share` (the burst rounded down, at least 1; the exact
+    /// product is rounded, not its double: `100 × 0.57` is 57). With `N`
     /// processes, `share = 1/N` keeps the fleet near its quota while Redis is away. The local
     /// limiter is made once and kept: its state carries over from one outage to the next, and
     /// it knows nothing of what Redis admitted just before.
@@ -49,10 +50,16 @@ pub enum FailurePolicy {
 pub enum BuildError {
     /// The Redis URL does not parse, or asks for something this build cannot do (TLS).
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, its password (user info, `password=` parameter) replaced by `***`.
         url: String,
-        /// What redis-rs said about it.
+        /// What redis-rs said about it (the password, should it appear, replaced by `***`).
         reason: String,
+    },
+    /// The name holds a `:`, the separator of the key's parts: limiter `api:global` would
+    /// have the Redis key of key `global` of limiter `api`.
+    InvalidName {
+        /// The name given.
+        name: String,
     },
     /// The timeout is zero: every decision would go to the failure policy.
     ZeroTimeout,
@@ -87,6 +94,11 @@ impl fmt::Display for BuildError {
             BuildError::InvalidUrl { url, reason } => {
                 write!(f, "invalid Redis URL {url:?}: {reason}")
             }
+            BuildError::InvalidName { name } => write!(
+                f,
+                "invalid Redis rate limit: the name {name:?} holds a ':' (the separator of the \
+                 Redis key's parts; use another character such as '-' or '.')"
+            ),
             BuildError::ZeroTimeout => f.write_str(
                 "invalid Redis rate limit: the timeout must be longer than zero",
             ),
@@ -156,7 +168,9 @@ impl Builder {
 
     /// The name of the limit: every process that uses the same name (and prefix) on the same
     /// Redis shares one budget. Default `"default"`. The limit's key is `PREFIX:NAME`; keyed
-    /// checks use `PREFIX:NAME:KEY`.
+    /// checks use `PREFIX:NAME:KIND=KEY` (the key escaped, see [`RedisKey`](crate::RedisKey)).
+    /// The name must not hold a `:` ([`BuildError::InvalidName`]): `:` separates the key's
+    /// parts, and limiter `api:global` would share its key with key `global` of limiter `api`.
     ///
     /// Every process sharing a name must be configured with the same quota: the key holds only
     /// the state, not the quota.
@@ -165,7 +179,9 @@ impl Builder {
         self
     }
 
-    /// The prefix of every key this limiter writes. Default `"palisade:ratelimit"`.
+    /// The prefix of every key this limiter writes. Default `"palisade:ratelimit"`. It may hold
+    /// `:`; two limiters whose `PREFIX:NAME` are equal share one limit (prefix `a:b` with name
+    /// `c` is prefix `a` with name `b:c` — which the name rule refuses).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -180,7 +196,8 @@ impl Builder {
 
     /// After a Redis failure or timeout, how long the failure policy decides at once, without
     /// asking Redis (so that an outage does not cost every request a full timeout). Default
-    /// 500 ms. The first decision after it asks Redis again; zero asks every time.
+    /// 500 ms. The first decision after it asks Redis again — one probe: the others keep to
+    /// the policy until it answers (for at most the longer of this and the timeout).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
@@ -212,11 +229,17 @@ impl Builder {
     /// A [`BuildError`] saying what is wrong: a bad URL, a zero timeout, a share outside
     /// `(0, 1]`, a lease of zero or over the burst, a quota finer than 1 µs per request.
     pub fn build(self) -> Result<RedisRateLimiter, BuildError> {
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|e| BuildError::InvalidUrl {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            let (url, secrets) = redact_url(&self.url);
+            let mut reason = e.to_string();
+            for secret in secrets {
+                reason = reason.replace(&secret, "***");
+            }
+            BuildError::InvalidUrl { url, reason }
+        })?;
+        if self.name.contains(':') {
+            return Err(BuildError::InvalidName { name: self.name });
+        }
         if self.timeout.is_zero() {
             return Err(BuildError::ZeroTimeout);
         }
@@ -261,13 +284,98 @@ impl Builder {
     }
 }
 
-/// `share` of `quota`: the same count over `period / share`, burst `⌊B × share⌋` (at least 1).
+/// `x` snapped to the nearest integer when within a relative 1e-9 of it: `100 × 0.57` is
+/// `56.99999999999999` in doubles, and means 57.
+fn snap(x: f64) -> f64 {
+    let r = x.round();
+    if (x - r).abs() <= 1e-9 * r.abs().max(1.0) {
+        r
+    } else {
+        x
+    }
+}
+
+/// `share` of `quota`: the same count over `period / share`, burst `⌊B × share⌋` (at least 1),
+/// each computed in doubles and snapped to an integer it is within rounding error of first.
 pub(crate) fn share_of(quota: Quota, share: f64) -> Result<Quota, QuotaError> {
-    let period_ns = quota.period().as_nanos() as f64 / share;
+    let period_ns = snap(quota.period().as_nanos() as f64 / share);
     // Above 2^62 ns Quota::new reports the overflow; the float→int cast saturates.
     let period = Duration::from_nanos(period_ns.ceil() as u64);
-    let burst = ((f64::from(quota.burst_size()) * share).floor() as u32).max(1);
+    let burst = (snap(f64::from(quota.burst_size()) * share).floor() as u32).max(1);
     Quota::new(quota.count(), period)?.burst(burst)
+}
+
+/// `url` with its password replaced by `***` — the user info (`user:password@`, or all of it
+/// when it has no `:`) and the value of any `password=` query parameter — and the secrets
+/// replaced, so that they can be taken out of redis-rs' message too.
+pub(crate) fn redact_url(url: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let mut out = String::with_capacity(url.len());
+    let rest = match url.find("://") {
+        Some(i) => {
+            out.push_str(&url[..i + 3]);
+            &url[i + 3..]
+        }
+        None => url,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                    if !password.is_empty() {
+                        secrets.push(password.to_owned());
+                    }
+                }
+                None => {
+                    // `redis://secret@host`: the lone user info is taken as the password.
+                    out.push_str("***");
+                    if !userinfo.is_empty() {
+                        secrets.push(userinfo.to_owned());
+                    }
+                }
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    match tail.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, value)) if name.eq_ignore_ascii_case("password") => {
+                        out.push_str(name);
+                        out.push_str("=***");
+                        if !value.is_empty() {
+                            secrets.push(value.to_owned());
+                        }
+                    }
+                    _ => out.push_str(pair),
+                }
+            }
+            if let Some(fragment) = fragment {
+                out.push('#');
+                out.push_str(fragment);
+            }
+        }
+        None => out.push_str(tail),
+    }
+    // Longest first, so that a secret inside another is not half replaced.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    (out, secrets)
 }
 
 #[cfg(test)]
@@ -286,5 +394,37 @@ mod tests {
         let s = share_of(Quota::per_second(1).unwrap(), 0.01).unwrap();
         assert_eq!(s.burst_size(), 1);
         assert_eq!(s.interval(), Duration::from_secs(100));
+    }
+
+    #[test]
+    fn share_burst_is_not_one_short_of_an_exact_product() {
+        // 100 × 0.57 is 56.99999999999999 in doubles.
+        let q = Quota::per_hour(1).unwrap().burst(100).unwrap();
+        assert_eq!(share_of(q, 0.57).unwrap().burst_size(), 57);
+        assert_eq!(share_of(q, 0.575).unwrap().burst_size(), 57);
+        for b in 1..=200u32 {
+            for pct in 1..=100u32 {
+                let q = Quota::per_hour(1).unwrap().burst(b).unwrap();
+                let s = share_of(q, f64::from(pct) / 100.0).unwrap();
+                assert_eq!(s.burst_size(), (b * pct / 100).max(1), "{b} × {pct}%");
+            }
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        let r = |u: &str| redact_url(u).0;
+        assert_eq!(r("redis://app:s3cr3t@h:6379/0"), "redis://app:***@h:6379/0");
+        assert_eq!(r("redis://s3cr3t@h"), "redis://***@h");
+        assert_eq!(
+            r("redis://h/0?db=1&password=s3cr3t#x"),
+            "redis://h/0?db=1&password=***#x"
+        );
+        assert_eq!(r("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            r("redis+unix:///tmp/x?pass=1&password=p"),
+            "redis+unix:///tmp/x?pass=1&password=***"
+        );
+        assert_eq!(redact_url("redis://a:b:c@h").1, vec!["b:c".to_owned()]);
     }
 }

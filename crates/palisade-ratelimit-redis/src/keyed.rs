@@ -14,7 +14,7 @@ use crate::key::RedisKey;
 use crate::limiter::{Mode, RedisRateLimiter, Verdict};
 
 /// Applies a limit per key (client address, API key, tenant), each key with the full quota
-/// of the [`RedisRateLimiter`], in Redis key `PREFIX:NAME:KEY`.
+/// of the [`RedisRateLimiter`], in Redis key `PREFIX:NAME:KIND=KEY` (escaped: see [`RedisKey`]).
 ///
 /// Keys are found by palisade-ratelimit's extractors ([`key_fn`](palisade_ratelimit::keyed::key_fn),
 /// `GlobalKey`, and with feature `http` its `PeerIp`, `ForwardedFor` and `HeaderKey`); the key
@@ -30,9 +30,10 @@ use crate::limiter::{Mode, RedisRateLimiter, Verdict};
 /// answers the refusal. So the inner service must be `Clone`.
 ///
 /// - **reject** (the default, as palisade-ratelimit's keyed layer): refused at once.
-/// - **wait** ([`max_wait`](Self::max_wait)): the response future sleeps for Redis' `retry_after`
-///   and asks again, up to `max_wait`. It holds the readied inner service while it waits.
-///   There is no local queue per key: waiters of one key are not served in order.
+/// - **wait** ([`max_wait`](Self::max_wait)): the response future reserves the key's next
+///   cell in Redis (refused at once when it is more than `max_wait` away) and sleeps until it
+///   conforms, holding the readied inner service. Waiters of one key are served in the order
+///   Redis received them; an abandoned wait gives its cell back.
 #[derive(Clone)]
 pub struct RedisKeyedRateLimitLayer<X, R = AsError> {
     limiter: RedisRateLimiter,

@@ -57,7 +57,8 @@
 //!   waiting for another task's lease, the script itself); then the [`FailurePolicy`] decides:
 //!   [`FailOpen`](FailurePolicy::FailOpen), [`FailClosed`](FailurePolicy::FailClosed), or a
 //!   local [`Fallback`](FailurePolicy::Fallback) with a share of the quota. After a failure,
-//!   Redis is left alone for the [probe interval](Builder::probe_interval), then asked again;
+//!   Redis is left alone for the [probe interval](Builder::probe_interval), then asked again
+//!   by one decision (the probe) while the others keep to the policy until it answers;
 //!   redis-rs' `ConnectionManager` reconnects in the background, so a restarted Redis resumes
 //!   the shared limit by itself.
 //!
@@ -73,9 +74,11 @@
 //!
 //! # Fairness
 //!
-//! In wait mode, requests of one process on the limiter's own key queue first come, first
-//! served, and only the head asks Redis. Across processes there is no order: the first to ask
-//! after a slot opens takes it.
+//! In wait mode, each request reserves its cell in Redis (one round trip) and sleeps until it
+//! conforms: requests are served in the order Redis received them, across the fleet, and no
+//! lock is held while waiting (a waiter never polled again blocks no one; an abandoned wait
+//! gives its cell back). In lease mode the own key's waiters take local slots one interval
+//! apart, first come first served in the process, and across processes there is no order.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimited, RateLimiter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Builder, FailurePolicy};
@@ -63,6 +64,7 @@ pub(crate) struct Inner {
     /// Made on the first decision: redis-rs spawns its reconnect machinery on the runtime then.
     manager: OnceLock<Result<ConnectionManager, String>>,
     acquire: Script,
+    reserve: Script,
     refund: Script,
     quota: Quota,
     key: String,
@@ -74,12 +76,16 @@ pub(crate) struct Inner {
     fallback: Option<Fallback>,
     lease: Option<Lease>,
     origin: Instant,
-    /// Nanoseconds since `origin` until which Redis is not asked (0: Redis is believed up).
+    /// Nanoseconds since `origin` until which Redis is not asked; 0: Redis is believed up.
+    /// One atomic holds both "degraded" (non-zero) and the time of the next probe, so that a
+    /// failure and a recovery racing each other never leave the two out of step.
     down_until: AtomicU64,
-    /// Whether the last word from Redis was a failure: logs the transitions, not every request.
-    degraded: AtomicBool,
-    /// Wait-mode requests for the limiter's own key queue here, first come first served.
-    queue: tokio::sync::Mutex<()>,
+    /// Wait mode on the own key: nanoseconds since `origin` of the next free local slot. A
+    /// waiter takes the slot `max(next, earliest)` and moves `next` one interval past it, then
+    /// sleeps until its slot holding no lock, and asks Redis then: so waiters are spaced in
+    /// arrival order, and one that stops being polled costs the others nothing (its slot
+    /// passes; the next asks at its own).
+    next_slot: AtomicU64,
     queued: AtomicUsize,
     stats: Counters,
 }
@@ -95,11 +101,49 @@ struct Lease {
     size: u32,
     /// Tokens held, never more than `size − 1`: that is what bounds the over-admission.
     pool: AtomicU32,
-    /// One fetch from Redis at a time per process: a burst of requests finding the pool empty
-    /// waits for one lease rather than taking one each.
-    refill: tokio::sync::Mutex<()>,
+    /// The fetch in flight, if any: one per process, run in a spawned task (so that no
+    /// caller's future holds anything while it runs), its whole result shared with every
+    /// request that found the pool empty meanwhile.
+    fetch: std::sync::Mutex<Option<watch::Receiver<Option<Fetched>>>>,
+    /// Nanoseconds since `origin` until which Redis' last answer says nothing conforms (0:
+    /// none): requests finding the pool empty are refused without a round trip until then.
+    limited_until: AtomicU64,
     /// The TAT the last lease wrote: tokens that do not fit the pool are refunded against it.
     last_tat_us: AtomicU64,
+}
+
+/// What a lease fetch came to, shared with every request waiting for it.
+#[derive(Clone)]
+enum Fetched {
+    /// Cells were granted: all but one went to the pool; the one is `spare`'s, for the first
+    /// waiter to claim it.
+    Granted(Arc<Spare>),
+    /// Nothing conforms: `limited_until` says until when.
+    Limited,
+    /// Redis failed (marked down when the failure is Redis', not this key's): the policy
+    /// decides.
+    Failed,
+}
+
+/// The first token of a lease, for one of the requests that waited for it. If none claims it
+/// (all gave up), it is given back when the last of them lets go of the result.
+struct Spare {
+    taken: AtomicBool,
+    limiter: RedisRateLimiter,
+}
+
+impl Spare {
+    fn claim(&self) -> bool {
+        !self.taken.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if !*self.taken.get_mut() {
+            self.limiter.give_back(Token::Lease);
+        }
+    }
 }
 
 impl Lease {
@@ -120,7 +164,10 @@ impl Lease {
                 Some(p.saturating_add(extra).min(cap))
             })
             .unwrap_or(cap);
-        (before + extra).saturating_sub(cap)
+        // In u64: `before + extra` can pass u32::MAX (a lease of u32::MAX with tokens given
+        // back meanwhile); what does not fit is at most `extra`, so it fits a u32.
+        let over = (u64::from(before) + u64::from(extra)).saturating_sub(u64::from(cap));
+        u32::try_from(over).unwrap_or(extra)
     }
 
     /// A token taken from the pool and not used goes back to it, unless the pool is full: the
@@ -143,6 +190,7 @@ struct Counters {
     policy: AtomicU64,
     failures: AtomicU64,
     refunds: AtomicU64,
+    hinted: AtomicU64,
 }
 
 /// Counts of decisions by who made them, since the limiter was built.
@@ -159,6 +207,9 @@ pub struct Stats {
     pub failures: u64,
     /// Unused admissions given back to Redis (a readied service dropped before `call`).
     pub refunds: u64,
+    /// Lease mode: requests refused without a round trip, Redis' last answer ("nothing
+    /// conforms until X") still holding.
+    pub hinted_refusals: u64,
 }
 
 /// Whose limit a decision is about.
@@ -174,6 +225,9 @@ pub(crate) enum Target {
 pub(crate) enum Token {
     /// Taken by the script on the own key: a refund script can give it back.
     Redis { tat_after_us: u64, cells: u32 },
+    /// One cell reserved by the script on a keyed limit (wait mode): given back by the refund
+    /// script on that key if the wait is abandoned.
+    Keyed { key: Vec<u8>, tat_after_us: u64 },
     /// From the lease pool (or the first of a new lease): goes back to the pool.
     Lease,
     /// Admitted by the failure policy, or on a keyed limit: nothing to give back.
@@ -202,16 +256,6 @@ pub(crate) enum Mode {
     Wait { max_wait: Option<Duration> },
     /// Refuse at once.
     Reject,
-}
-
-/// What one bounded attempt at Redis came to.
-enum Attempt {
-    /// Another task's lease fetch filled the pool meanwhile.
-    Leased,
-    /// Another task's lease fetch failed meanwhile.
-    Down,
-    /// The script's reply: `{granted, retry_after_us, tat_us}`.
-    Reply((i64, i64, i64)),
 }
 
 enum Failure {
@@ -264,6 +308,7 @@ impl RedisRateLimiter {
                 manager_config,
                 manager: OnceLock::new(),
                 acquire: Script::new(script::ACQUIRE),
+                reserve: Script::new(script::RESERVE),
                 refund: Script::new(script::REFUND),
                 quota: p.quota,
                 key: p.key,
@@ -276,13 +321,13 @@ impl RedisRateLimiter {
                 lease: p.lease.map(|size| Lease {
                     size,
                     pool: AtomicU32::new(0),
-                    refill: tokio::sync::Mutex::new(()),
+                    fetch: std::sync::Mutex::new(None),
+                    limited_until: AtomicU64::new(0),
                     last_tat_us: AtomicU64::new(0),
                 }),
                 origin: Instant::now(),
                 down_until: AtomicU64::new(0),
-                degraded: AtomicBool::new(false),
-                queue: tokio::sync::Mutex::new(()),
+                next_slot: AtomicU64::new(0),
                 queued: AtomicUsize::new(0),
                 stats: Counters::default(),
             }),
@@ -305,7 +350,8 @@ impl RedisRateLimiter {
         }
     }
 
-    /// Admits one request on the limit of `key` (Redis key `PREFIX:NAME:KEY`), each key with
+    /// Admits one request on the limit of `key` (Redis key `PREFIX:NAME:KIND=KEY`, see
+    /// [`RedisKey`]), each key with
     /// the full quota. Always asks Redis (lease mode applies to the own key only).
     ///
     /// # Errors
@@ -328,12 +374,13 @@ impl RedisRateLimiter {
         &self.inner.key
     }
 
-    /// The Redis key a keyed check of `key` uses: `PREFIX:NAME:KEY`.
+    /// The Redis key a keyed check of `key` uses: `PREFIX:NAME:KIND=KEY`, the key's bytes
+    /// escaped (`%` as `%25`, `:` as `%3A`) after its [kind](RedisKey::kind) — so that no key
+    /// is another limiter's key, nor another key's of another type (`5u32` and `"5"`).
     pub fn redis_key_for<K: RedisKey + ?Sized>(&self, key: &K) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.inner.key.len() + 24);
+        let mut k = Vec::with_capacity(self.inner.key.len() + 28);
         k.extend_from_slice(self.inner.key.as_bytes());
-        k.push(b':');
-        key.write_key(&mut k);
+        crate::key::append(key, &mut k);
         k
     }
 
@@ -363,7 +410,7 @@ impl RedisRateLimiter {
     /// Whether Redis failed last time it was asked (the failure policy is deciding until it
     /// answers again).
     pub fn is_degraded(&self) -> bool {
-        self.inner.degraded.load(Ordering::Acquire)
+        self.inner.down_until.load(Ordering::Acquire) != 0
     }
 
     /// Counts of decisions by who made them.
@@ -375,6 +422,7 @@ impl RedisRateLimiter {
             policy_decisions: c.policy.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             refunds: c.refunds.load(Ordering::Relaxed),
+            hinted_refusals: c.hinted.load(Ordering::Relaxed),
         }
     }
 
@@ -385,51 +433,25 @@ impl RedisRateLimiter {
     /// One decision: the lease pool, else Redis within the timeout, else the failure policy.
     pub(crate) async fn decide(&self, target: &Target) -> Outcome {
         let inner = &*self.inner;
-        let lease = match target {
-            Target::Own => inner.lease.as_ref(),
-            Target::Keyed(_) => None,
-        };
-        if lease.is_some_and(Lease::take) {
-            inner.stats.lease.fetch_add(1, Ordering::Relaxed);
-            return Outcome::Admitted(Token::Lease);
+        if let (Target::Own, Some(lease)) = (target, inner.lease.as_ref()) {
+            return self.decide_leased(lease).await;
         }
-        if inner.is_down() {
+        if !inner.may_ask() {
             return inner.on_failure(target);
         }
         let key: &[u8] = match target {
             Target::Own => inner.key.as_bytes(),
             Target::Keyed(k) => k,
         };
-        let want = lease.map_or(1, |l| l.size);
-        // The refill lock is inside the timeout: waiting for another task's lease counts too.
-        let attempt = async {
-            let _refill = match lease {
-                Some(l) => Some(l.refill.lock().await),
-                None => None,
-            };
-            if lease.is_some_and(Lease::take) {
-                return Ok(Attempt::Leased);
-            }
-            if lease.is_some() && inner.is_down() {
-                // The fetch we waited for failed: do not pile on.
-                return Ok(Attempt::Down);
-            }
-            inner.acquire(key, want).await.map(Attempt::Reply)
-        };
-        match tokio::time::timeout(inner.timeout, attempt).await {
-            Ok(Ok(Attempt::Leased)) => {
-                inner.stats.lease.fetch_add(1, Ordering::Relaxed);
-                Outcome::Admitted(Token::Lease)
-            }
-            Ok(Ok(Attempt::Down)) => inner.on_failure(target),
-            Ok(Ok(Attempt::Reply(reply))) => {
+        match tokio::time::timeout(inner.timeout, inner.acquire(key, 1)).await {
+            Ok(Ok(reply)) => {
                 inner.mark_up();
                 inner.stats.redis.fetch_add(1, Ordering::Relaxed);
-                let (outcome, overflow) = inner.outcome(reply, target, lease);
-                if overflow > 0 {
-                    self.refund(u64::try_from(reply.2).unwrap_or(0), overflow);
-                }
-                outcome
+                inner.outcome(reply, target)
+            }
+            Ok(Err(e)) if !marks_down(&e) => {
+                inner.key_failed(key, &e);
+                inner.on_failure(target)
             }
             Ok(Err(e)) => {
                 inner.mark_down(&Failure::Redis(e));
@@ -442,6 +464,147 @@ impl RedisRateLimiter {
         }
     }
 
+    /// Lease mode, on the own key: the pool; else Redis' last "limited until"; else the lease
+    /// fetch in flight, or a new one, awaited under this request's own timeout.
+    ///
+    /// The fetch runs in a task of its own: a request that stops being polled holds nothing
+    /// that others wait for, and a request that gives up on its timeout marks nothing down —
+    /// only the fetch's own failure (or timeout) does.
+    async fn decide_leased(&self, lease: &Lease) -> Outcome {
+        let inner = &*self.inner;
+        let give_up = Instant::now().checked_add(inner.timeout);
+        loop {
+            if lease.take() {
+                inner.stats.lease.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Admitted(Token::Lease);
+            }
+            let until = lease.limited_until.load(Ordering::Acquire);
+            let now = inner.now_ns();
+            if until > now {
+                inner.stats.hinted.fetch_add(1, Ordering::Relaxed);
+                let retry = Duration::from_nanos(until - now).max(Duration::from_micros(1));
+                return Outcome::Limited(RateLimited::new(retry, inner.quota));
+            }
+            let Some(mut fetch) = self.join_or_fetch(lease) else {
+                return inner.on_failure(&Target::Own);
+            };
+            let answer = async {
+                fetch
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|answer| answer.clone())
+            };
+            let answer = match give_up {
+                Some(at) => tokio::time::timeout_at(at, answer).await,
+                None => Ok(answer.await),
+            };
+            match answer {
+                Ok(Ok(Some(Fetched::Granted(spare)))) => {
+                    if spare.claim() {
+                        return Outcome::Admitted(Token::Lease);
+                    }
+                    // Others took the lease first: the pool, the hint, or the next fetch.
+                }
+                // Redis' answer, shared: nothing conforms until the hint it set.
+                Ok(Ok(Some(Fetched::Limited))) => {
+                    let until = lease.limited_until.load(Ordering::Acquire);
+                    let left = Duration::from_nanos(until.saturating_sub(inner.now_ns()));
+                    let retry = left.max(Duration::from_micros(1));
+                    return Outcome::Limited(RateLimited::new(retry, inner.quota));
+                }
+                Ok(Ok(Some(Fetched::Failed))) => return inner.on_failure(&Target::Own),
+                Ok(Ok(None)) => unreachable!("wait_for returns a value that is Some"),
+                Ok(Err(_)) => {
+                    // The fetch's task ended without an answer (its runtime shut down):
+                    // forget it.
+                    let mut slot = lease.fetch.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.as_ref().is_some_and(|rx| rx.same_channel(&fetch)) {
+                        *slot = None;
+                    }
+                    return inner.on_failure(&Target::Own);
+                }
+                // This request's own timeout: the policy decides it; the fetch goes on and
+                // decides about Redis.
+                Err(_) => return inner.on_failure(&Target::Own),
+            }
+        }
+    }
+
+    /// The lease fetch in flight, or a new one (when Redis may be asked: else `None`).
+    fn join_or_fetch(&self, lease: &Lease) -> Option<watch::Receiver<Option<Fetched>>> {
+        let mut slot = lease.fetch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = slot.as_ref() {
+            return Some(rx.clone());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No tokio runtime to run the fetch on (redis-rs needs one anyway).
+            self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if !self.inner.may_ask() {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        *slot = Some(rx.clone());
+        drop(slot);
+        runtime.spawn(self.clone().fetch_lease(tx));
+        Some(rx)
+    }
+
+    /// One lease fetch: asks Redis for up to `size` cells within the timeout, fills the pool,
+    /// sets or clears the "limited until" hint, marks Redis up or down, and shares the result.
+    async fn fetch_lease(self, tx: watch::Sender<Option<Fetched>>) {
+        let inner = &*self.inner;
+        let Some(lease) = inner.lease.as_ref() else {
+            return;
+        };
+        let key = inner.key.as_bytes();
+        let result = tokio::time::timeout(inner.timeout, inner.acquire(key, lease.size)).await;
+        let fetched = match result {
+            Ok(Ok((granted, retry_us, tat))) => {
+                inner.mark_up();
+                inner.stats.redis.fetch_add(1, Ordering::Relaxed);
+                if granted > 0 {
+                    lease.limited_until.store(0, Ordering::Release);
+                    let tat_after_us = u64::try_from(tat).unwrap_or(0);
+                    let extra = u32::try_from(granted - 1).unwrap_or(u32::MAX);
+                    let overflow = lease.fill(extra, tat_after_us);
+                    if overflow > 0 {
+                        self.refund(tat_after_us, overflow);
+                    }
+                    Fetched::Granted(Arc::new(Spare {
+                        taken: AtomicBool::new(false),
+                        limiter: self.clone(),
+                    }))
+                } else {
+                    let retry_ns = u64::try_from(retry_us)
+                        .unwrap_or(0)
+                        .max(1)
+                        .saturating_mul(1_000);
+                    let until = inner.now_ns().saturating_add(retry_ns);
+                    lease.limited_until.store(until, Ordering::Release);
+                    Fetched::Limited
+                }
+            }
+            Ok(Err(e)) if !marks_down(&e) => {
+                inner.key_failed(key, &e);
+                Fetched::Failed
+            }
+            Ok(Err(e)) => {
+                inner.mark_down(&Failure::Redis(e));
+                Fetched::Failed
+            }
+            Err(_) => {
+                inner.mark_down(&Failure::Timeout);
+                Fetched::Failed
+            }
+        };
+        // The next request finding the pool empty starts the next fetch; those waiting get
+        // this one's result.
+        *lease.fetch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let _ = tx.send(Some(fetched));
+    }
+
     /// Decides in `mode`: once (reject), or until admitted or past `max_wait` (wait).
     pub(crate) async fn verdict(self, target: Target, mode: Mode) -> Verdict {
         match mode {
@@ -452,21 +615,34 @@ impl RedisRateLimiter {
                     Verdict::Refused(why)
                 }
             },
-            Mode::Wait { max_wait } => self.wait(target, max_wait).await,
+            Mode::Wait { max_wait } => {
+                let leased = matches!(target, Target::Own) && self.inner.lease.is_some();
+                if leased {
+                    self.wait(target, max_wait).await
+                } else {
+                    self.wait_reserved(target, max_wait).await
+                }
+            }
         }
     }
 
-    /// Wait mode: sleep for the `retry_after` Redis computed, and ask again.
+    /// Wait mode in lease mode on the own key (the others reserve: see `wait_reserved`):
+    /// sleep for the `retry_after` Redis computed, and ask again.
     ///
-    /// Requests on the own key queue in this process first come, first served (a tokio mutex,
-    /// which is fair): only the head asks Redis, so a hundred waiters cost one round trip per
-    /// slot, not a hundred. Across processes there is no order: whoever asks first after a
-    /// slot opens gets it.
+    /// Requests on the own key take local slots in this process, first come, first served,
+    /// one interval apart: a waiter sleeps until its slot (holding no lock) and then asks
+    /// Redis, so a hundred waiters cost about one round trip per slot, not a hundred, and a
+    /// waiter that is never polled again blocks no one. Across processes there is no order:
+    /// whoever asks first after a slot opens gets it.
     async fn wait(self, target: Target, max_wait: Option<Duration>) -> Verdict {
         let inner = &*self.inner;
         let start = Instant::now();
+        // A `max_wait` too long for the clock (`Duration::MAX`) is no deadline at all.
+        let deadline = max_wait.and_then(|max| start.checked_add(max));
         let own = matches!(target, Target::Own);
         let mut retry = None;
+        // A newcomer asks at once only when no one of this process is waiting on the own key
+        // (it would overtake them otherwise).
         if !own || inner.queued.load(Ordering::SeqCst) == 0 {
             match self.decide(&target).await {
                 Outcome::Admitted(token) => return Verdict::Granted(token),
@@ -480,42 +656,43 @@ impl RedisRateLimiter {
             0
         };
         let _queued = own.then(|| Queued(&inner.queued));
-        let estimate = retry.unwrap_or_default()
-            + Duration::from_micros(inner.interval_us)
-                .saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX));
-        if max_wait.is_some_and(|max| estimate > max) {
-            tracing::debug!(
-                ?estimate,
-                ?max_wait,
-                "rate limited (Redis): wait would exceed max_wait"
-            );
-            return Verdict::Refused(RateLimited::new(estimate, inner.quota));
-        }
-        let deadline = max_wait.map(|max| start + max);
-        let _turn = if own {
-            let lock = inner.queue.lock();
-            Some(match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, lock).await {
-                    Ok(guard) => guard,
-                    Err(_) => {
-                        let queued = inner.queued.load(Ordering::SeqCst);
-                        let left = Duration::from_micros(inner.interval_us)
-                            .saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
-                        return Verdict::Refused(RateLimited::new(left, inner.quota));
+        if own {
+            // Take the next local slot, not before Redis' retry time.
+            let now = inner.now_ns();
+            let earliest = now.saturating_add(nanos(retry.unwrap_or_default()));
+            let interval = inner.interval_us.saturating_mul(1_000);
+            let max_ns = max_wait.map(nanos);
+            let mut slot = 0;
+            let taken = inner
+                .next_slot
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
+                    // With no one waiting ahead, slots left by waiters that are gone say
+                    // nothing: Redis' retry time alone does.
+                    slot = if ahead == 0 {
+                        earliest
+                    } else {
+                        next.max(earliest)
+                    };
+                    if max_ns.is_some_and(|max| slot - now > max) {
+                        return None;
                     }
-                },
-                None => lock.await,
-            })
-        } else {
-            None
-        };
-        if ahead > 0 {
-            // The retry time heard before queueing is stale after waiting our turn: ask again.
-            retry = None;
+                    Some(slot.saturating_add(interval))
+                });
+            let wait = Duration::from_nanos(slot - now);
+            if taken.is_err() {
+                tracing::debug!(
+                    estimate = ?wait,
+                    ?max_wait,
+                    "rate limited (Redis): wait would exceed max_wait"
+                );
+                return Verdict::Refused(RateLimited::new(wait, inner.quota));
+            }
+            retry = (!wait.is_zero()).then_some(wait);
         }
         loop {
             if let Some(wait) = retry.take() {
-                if deadline.is_some_and(|d| Instant::now() + wait > d) {
+                if deadline.is_some_and(|d| Instant::now().checked_add(wait).is_none_or(|t| t > d))
+                {
                     tracing::debug!(?wait, "rate limited (Redis): wait would pass max_wait");
                     return Verdict::Refused(RateLimited::new(wait, inner.quota));
                 }
@@ -552,17 +729,163 @@ impl RedisRateLimiter {
                 tat_after_us,
                 cells,
             } => self.refund(tat_after_us, cells),
+            Token::Keyed { key, tat_after_us } => self.refund_key(key, tat_after_us, 1),
         }
     }
 
     fn refund(&self, tat_after_us: u64, cells: u32) {
+        self.refund_key(self.inner.key.as_bytes().to_vec(), tat_after_us, cells);
+    }
+
+    fn refund_key(&self, key: Vec<u8>, tat_after_us: u64, cells: u32) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("no tokio runtime: an unused Redis token is not given back");
             return;
         };
         let this = self.clone();
-        runtime.spawn(async move { this.inner.refund(tat_after_us, cells).await });
+        runtime.spawn(async move { this.inner.refund(&key, tat_after_us, cells).await });
     }
+
+    /// Wait mode without a lease: one reservation script within the timeout. `max_delay`:
+    /// the longest wait accepted (`None`: any).
+    async fn reserve(&self, target: &Target, max_delay: Option<Duration>) -> Reservation {
+        let inner = &*self.inner;
+        if !inner.may_ask() {
+            return Reservation::Policy(inner.on_failure(target));
+        }
+        let key: &[u8] = match target {
+            Target::Own => inner.key.as_bytes(),
+            Target::Keyed(k) => k,
+        };
+        // Past 2^52 µs (142 years) the script's doubles are not exact: no bound then.
+        let max_us = max_delay
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .filter(|&us| us < 1 << 52)
+            .map_or(-1, |us| i64::try_from(us).unwrap_or(-1));
+        let call = async {
+            let mut conn = inner.connection()?;
+            let mut call = inner.reserve.key(key);
+            call.arg(inner.interval_us)
+                .arg(inner.tolerance_us)
+                .arg(max_us);
+            call.invoke_async::<(i64, i64, i64)>(&mut conn).await
+        };
+        match tokio::time::timeout(inner.timeout, call).await {
+            Ok(Ok((reserved, delay_us, tat))) => {
+                inner.mark_up();
+                inner.stats.redis.fetch_add(1, Ordering::Relaxed);
+                let delay = Duration::from_micros(u64::try_from(delay_us).unwrap_or(0));
+                if reserved > 0 {
+                    let tat_after_us = u64::try_from(tat).unwrap_or(0);
+                    let token = match target {
+                        Target::Own => Token::Redis {
+                            tat_after_us,
+                            cells: 1,
+                        },
+                        Target::Keyed(k) => Token::Keyed {
+                            key: k.clone(),
+                            tat_after_us,
+                        },
+                    };
+                    Reservation::Reserved(token, delay)
+                } else {
+                    Reservation::TooLong(RateLimited::new(
+                        delay.max(Duration::from_micros(1)),
+                        inner.quota,
+                    ))
+                }
+            }
+            Ok(Err(e)) if !marks_down(&e) => {
+                inner.key_failed(key, &e);
+                Reservation::Policy(inner.on_failure(target))
+            }
+            Ok(Err(e)) => {
+                inner.mark_down(&Failure::Redis(e));
+                Reservation::Policy(inner.on_failure(target))
+            }
+            Err(_) => {
+                inner.mark_down(&Failure::Timeout);
+                Reservation::Policy(inner.on_failure(target))
+            }
+        }
+    }
+
+    /// Wait mode without a lease: reserve the cell in Redis (one round trip), sleep until it
+    /// conforms, go. Reservations are served in the order Redis received them, across the
+    /// fleet; a wait abandoned (the future dropped) gives its cell back. While Redis cannot
+    /// decide, the policy does, as in [`wait`](Self::wait).
+    async fn wait_reserved(self, target: Target, max_wait: Option<Duration>) -> Verdict {
+        let inner = &*self.inner;
+        let deadline = max_wait.and_then(|max| Instant::now().checked_add(max));
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.reserve(&target, left.or(max_wait)).await {
+                Reservation::Reserved(token, delay) => {
+                    if delay.is_zero() {
+                        return Verdict::Granted(token);
+                    }
+                    let mut held = Held {
+                        limiter: &self,
+                        token: Some(token),
+                    };
+                    let _queued = matches!(target, Target::Own).then(|| {
+                        inner.queued.fetch_add(1, Ordering::SeqCst);
+                        Queued(&inner.queued)
+                    });
+                    tracing::trace!(?delay, "rate limit (Redis): reserved; waiting");
+                    tokio::time::sleep(delay).await;
+                    let token = held.token.take().expect("held until now");
+                    return Verdict::Granted(token);
+                }
+                Reservation::TooLong(why) => {
+                    tracing::debug!(wait = ?why.retry_after(), ?max_wait, "rate limited (Redis): wait would exceed max_wait");
+                    return Verdict::Refused(why);
+                }
+                Reservation::Policy(Outcome::Admitted(token)) => return Verdict::Granted(token),
+                Reservation::Policy(Outcome::Closed(why)) => return Verdict::Refused(why),
+                Reservation::Policy(Outcome::Limited(why)) => {
+                    // The fallback limiter: wait for it, then ask again (Redis first, if the
+                    // probe interval has passed).
+                    let wait = why.retry_after();
+                    if deadline
+                        .is_some_and(|d| Instant::now().checked_add(wait).is_none_or(|t| t > d))
+                    {
+                        return Verdict::Refused(why);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// What a reservation came to.
+enum Reservation {
+    /// Reserved: go after the delay.
+    Reserved(Token, Duration),
+    /// Redis says the wait is longer than the caller accepts.
+    TooLong(RateLimited),
+    /// Redis could not decide: the policy did.
+    Policy(Outcome),
+}
+
+/// A reserved token during its wait: given back if the wait is abandoned.
+struct Held<'a> {
+    limiter: &'a RedisRateLimiter,
+    token: Option<Token>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.limiter.give_back(token);
+        }
+    }
+}
+
+/// `d` in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Inner {
@@ -570,17 +893,34 @@ impl Inner {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn is_down(&self) -> bool {
+    /// Whether this decision may ask Redis: yes when Redis is believed up; while it is down,
+    /// no until the probe interval has passed, and then yes for exactly one decision — the
+    /// probe — which pushes the next probe time on by the probe interval (at least the
+    /// timeout), so that the others keep applying the policy until the probe answers (its
+    /// success clears the state, its failure pushes it further, and if it is cancelled the
+    /// next probe comes one interval later).
+    fn may_ask(&self) -> bool {
         let until = self.down_until.load(Ordering::Acquire);
-        until != 0 && self.now_ns() < until
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ns();
+        if now < until {
+            return false;
+        }
+        let hold =
+            u64::try_from(self.probe_interval.max(self.timeout).as_nanos()).unwrap_or(u64::MAX);
+        let next = now.saturating_add(hold).max(1);
+        self.down_until
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn mark_down(&self, why: &Failure) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let probe = u64::try_from(self.probe_interval.as_nanos()).unwrap_or(u64::MAX);
         let until = self.now_ns().saturating_add(probe).max(1);
-        self.down_until.fetch_max(until, Ordering::AcqRel);
-        if !self.degraded.swap(true, Ordering::AcqRel) {
+        if self.down_until.fetch_max(until, Ordering::AcqRel) == 0 {
             tracing::warn!(
                 key = %self.key,
                 error = %why,
@@ -593,8 +933,10 @@ impl Inner {
     }
 
     fn mark_up(&self) {
-        if self.degraded.load(Ordering::Acquire) && self.degraded.swap(false, Ordering::AcqRel) {
-            self.down_until.store(0, Ordering::Release);
+        // One atomic swap: a failure marked after it is kept whole (never half undone).
+        if self.down_until.load(Ordering::Acquire) != 0
+            && self.down_until.swap(0, Ordering::AcqRel) != 0
+        {
             tracing::info!(key = %self.key, "Redis rate limit reachable again");
         }
     }
@@ -634,32 +976,32 @@ impl Inner {
         call.invoke_async(&mut conn).await
     }
 
-    fn outcome(
-        &self,
-        (granted, retry_us, tat): (i64, i64, i64),
-        target: &Target,
-        lease: Option<&Lease>,
-    ) -> (Outcome, u32) {
+    fn outcome(&self, (granted, retry_us, tat): (i64, i64, i64), target: &Target) -> Outcome {
         let tat_after_us = u64::try_from(tat).unwrap_or(0);
-        let mut overflow = 0;
         if granted > 0 {
-            let token = match (lease, target) {
-                (Some(lease), _) => {
-                    let extra = u32::try_from(granted - 1).unwrap_or(u32::MAX);
-                    overflow = lease.fill(extra, tat_after_us);
-                    Token::Lease
-                }
-                (None, Target::Own) => Token::Redis {
+            let token = match target {
+                Target::Own => Token::Redis {
                     tat_after_us,
                     cells: 1,
                 },
-                (None, Target::Keyed(_)) => Token::Untracked,
+                Target::Keyed(_) => Token::Untracked,
             };
-            (Outcome::Admitted(token), overflow)
+            Outcome::Admitted(token)
         } else {
             let retry = Duration::from_micros(u64::try_from(retry_us).unwrap_or(0).max(1));
-            (Outcome::Limited(RateLimited::new(retry, self.quota)), 0)
+            Outcome::Limited(RateLimited::new(retry, self.quota))
         }
+    }
+
+    /// A reply error about one request's key (`WRONGTYPE`, a script error): counted and
+    /// logged; Redis is not marked down.
+    fn key_failed(&self, key: &[u8], e: &RedisError) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            key = %String::from_utf8_lossy(key),
+            error = %e,
+            "Redis rate limit: this request's key failed; the policy decides it"
+        );
     }
 
     fn on_failure(&self, target: &Target) -> Outcome {
@@ -686,10 +1028,10 @@ impl Inner {
         }
     }
 
-    async fn refund(&self, tat_after_us: u64, cells: u32) {
+    async fn refund(&self, key: &[u8], tat_after_us: u64, cells: u32) {
         let call = async {
             let mut conn = self.connection()?;
-            let mut call = self.refund.key(self.key.as_bytes());
+            let mut call = self.refund.key(key);
             call.arg(tat_after_us)
                 .arg(self.interval_us.saturating_mul(u64::from(cells)));
             call.invoke_async::<i64>(&mut conn).await
@@ -707,6 +1049,41 @@ impl Inner {
             Ok(Err(e)) => tracing::debug!(error = %e, "rate limit (Redis): refund failed"),
             Err(_) => tracing::debug!("rate limit (Redis): refund timed out"),
         }
+    }
+}
+
+/// Whether an error says Redis cannot decide for anyone — the connection, a timeout, or the
+/// server's state (busy with a script, loading, a read-only replica, no master, a cluster
+/// resharding or down, out of memory, refusing writes) — so that the limiter is marked down.
+/// Any other reply error (`WRONGTYPE` on one key, a script error, a reply of an unexpected
+/// type) is about that request alone.
+fn marks_down(e: &RedisError) -> bool {
+    use redis::ErrorKind;
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
+        ErrorKind::Io | ErrorKind::Client | ErrorKind::ClusterConnectionNotFound => true,
+        _ if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal() =>
+        {
+            true
+        }
+        _ => match e.code() {
+            Some(code) => matches!(
+                code,
+                "BUSY"
+                    | "LOADING"
+                    | "READONLY"
+                    | "MASTERDOWN"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MISCONF"
+                    | "OOM"
+            ),
+            // Not a reply from the server (authentication, configuration, ...): down.
+            None => true,
+        },
     }
 }
 

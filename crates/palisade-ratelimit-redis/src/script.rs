@@ -1,6 +1,7 @@
-//! The two Lua scripts: GCRA on Redis' own clock, and giving an unused admission back.
+//! The three Lua scripts: GCRA on Redis' own clock (admit now, or reserve the next cell for
+//! wait mode), and giving an unused admission back.
 //!
-//! Both run atomically (Redis runs one script at a time), read the time with `TIME` (seconds and
+//! All run atomically (Redis runs one script at a time), read the time with `TIME` (seconds and
 //! microseconds of the Redis server, so every process of a fleet is judged by one clock), and
 //! keep the state of a limit in one string key: its *theoretical arrival time* (TAT) in integer
 //! microseconds since the Unix epoch. Lua numbers are doubles; every value here is an integer
@@ -41,6 +42,42 @@ end
 local new = tat + k * t
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
 return {k, 0, new}
+"#;
+
+/// GCRA reservation, for wait mode: take one cell now if it conforms within `max_delay`, and
+/// say how long until it does.
+///
+/// `KEYS[1]`: the limit's key. `ARGV`: `T` (µs per cell), `τ = (B − 1)·T` (µs), `max_delay`
+/// (µs; negative: no bound).
+///
+/// Returns `{reserved, delay_us, tat_us}`:
+/// - `reserved = 1`: the cell is taken, and conforms in `delay_us` µs (0: now): the caller
+///   waits that long and goes; the TAT is now `tat_us` (the key expires when it passes). A
+///   caller that gives up before using it refunds it with [`REFUND`] against `tat_us`.
+/// - `reserved = 0`: the cell would conform in `delay_us` µs, past `max_delay`; nothing was
+///   written.
+///
+/// A cell conforms at time `x` when `max(TAT, x) ≤ x + τ`: the delay is `max(0, TAT − τ − now)`,
+/// and the TAT becomes `max(TAT, now) + T` (at `now + delay` the TAT is still `max(TAT, now)`).
+/// So reservations are served in the order Redis received them, across processes too, one
+/// round trip each.
+pub(crate) const RESERVE: &str = r#"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local max_delay = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local delay = tat - tau - now
+if delay < 0 then delay = 0 end
+if max_delay >= 0 and delay > max_delay then
+  return {0, delay, tat}
+end
+local new = tat + t
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+return {1, delay, new}
 "#;
 
 /// Gives back `cells` cells of an admission that wrote TAT `tat_after` and was never used.

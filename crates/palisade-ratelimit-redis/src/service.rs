@@ -112,10 +112,12 @@ impl fmt::Debug for Gate {
 ///
 /// # Modes
 ///
-/// - **wait** ([`new`](Self::new)): `poll_ready` is `Pending` until Redis admits the request:
-///   the Lua script answers "admitted" or "retry after X" (computed on Redis' clock), and the
-///   service sleeps X on tokio's timer and asks again. In one process, waiters queue first
-///   come, first served and only the head asks Redis; across processes there is no order.
+/// - **wait** ([`new`](Self::new)): `poll_ready` is `Pending` until the request's turn: a
+///   Lua script reserves the next cell in Redis and answers how long until it conforms
+///   (computed on Redis' clock), and the service sleeps that long on tokio's timer — one
+///   round trip per request, waiters served in the order Redis received them across the
+///   fleet, no lock held while waiting, the cell given back if the wait is abandoned. (In
+///   lease mode waiters take local slots one interval apart and decide at their slot.)
 ///   With [`max_wait`](Self::max_wait), a request whose wait would exceed it is refused.
 /// - **reject** ([`reject`](Self::reject)): one decision; a request that does not conform now
 ///   is refused at once with [`RateLimited`] (`retry_after` from Redis).
