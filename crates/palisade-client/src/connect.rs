@@ -37,12 +37,17 @@ pub(crate) type Pooled = Connection;
 
 /// Makes HTTP/1.1 connections: TCP, then TLS for `https`, then hyper's handshake; the
 /// connection's task is spawned on the current tokio runtime.
+///
+/// One `Arc` inside: the pool clones its connector for every request, so a clone is one
+/// reference count, not one per field.
 #[derive(Clone)]
-pub(crate) struct Connector {
+pub(crate) struct Connector(Arc<ConnectorInner>);
+
+struct ConnectorInner {
     /// The per-exchange timeout of the connections made.
     timeout: Duration,
     /// Each origin's hold, so its connections check it just before sending.
-    holds: Holds,
+    holds: Mutex<HashMap<Origin, Arc<GateState>>>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -56,7 +61,8 @@ impl fmt::Debug for Connector {
 impl Connector {
     /// Registers an origin's hold, for the connections made to it from now on.
     pub(crate) fn register_hold(&self, origin: &Origin, hold: Arc<GateState>) {
-        self.holds
+        self.0
+            .holds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(origin.clone(), hold);
@@ -67,24 +73,21 @@ impl Connector {
         timeout: Duration,
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ) -> Self {
-        Connector {
+        Connector(Arc::new(ConnectorInner {
             timeout,
-            holds: Holds::default(),
+            holds: Mutex::default(),
             tls: tls.map(tokio_rustls::TlsConnector::from),
-        }
+        }))
     }
 
     #[cfg(not(feature = "tls"))]
     pub(crate) fn new(timeout: Duration) -> Self {
-        Connector {
+        Connector(Arc::new(ConnectorInner {
             timeout,
-            holds: Holds::default(),
-        }
+            holds: Mutex::default(),
+        }))
     }
 }
-
-/// The holds of the origins, shared by the connector and the per-origin stacks.
-pub(crate) type Holds = Arc<Mutex<HashMap<Origin, Arc<GateState>>>>;
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
 
@@ -116,6 +119,7 @@ impl Service<Origin> for Connector {
             });
             tracing::debug!(origin = %name, "connected");
             let hold = this
+                .0
                 .holds
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -125,7 +129,7 @@ impl Service<Origin> for Connector {
                 host: HeaderValue::from_str(origin.authority().as_str()).ok(),
                 hold,
                 sender,
-                timeout: this.timeout,
+                timeout: this.0.timeout,
             })
         })
     }
@@ -143,7 +147,7 @@ impl Connector {
         if !origin.is_https() {
             return Ok(tokio_util::either::Either::Left(tcp));
         }
-        let Some(tls) = &self.tls else {
+        let Some(tls) = &self.0.tls else {
             return Err(ConnectError::new(
                 name.to_owned(),
                 "tls",
