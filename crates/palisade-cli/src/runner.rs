@@ -188,7 +188,6 @@ pub(crate) async fn run(
     let pacer = RateLimiter::new(host.limiter().quota());
     let mut set: JoinSet<Finished> = JoinSet::new();
     let mut result = RunResult::default();
-    let mut launched = 0usize;
     let mut probed: Option<Instant> = None;
 
     let mut pending: VecDeque<Attempt> = jobs
@@ -291,7 +290,6 @@ pub(crate) async fn run(
                 }
             }
         }
-        launched += 1;
         let client = client.clone();
         let headers = headers.clone();
         let out = opts.out.clone();
@@ -302,7 +300,7 @@ pub(crate) async fn run(
         let handle = set.spawn(async move {
             let _permit = permit;
             let tried = fetch_one(&client, next, retries, &stopping, &headers, out.as_ref()).await;
-            if let (Outcome::Error("circuit_open"), Some(d)) = (&tried.outcome, tried.wait) {
+            if let (Outcome::Error("circuit_open"), Some(d)) = (&tried.done.outcome, tried.wait) {
                 let at = Instant::now() + d;
                 let mut p = pause.lock().unwrap_or_else(|e| e.into_inner());
                 *p = Some(p.map_or(at, |old| old.max(at)));
@@ -311,7 +309,6 @@ pub(crate) async fn run(
         });
         result.in_flight.insert(handle.id(), id);
     }
-    let _ = (total, launched);
 
     // Wait for what was launched; from a stop on (also one that comes now, after the last
     // launch), for at most the drain timeout, then cut off what is left.
@@ -407,7 +404,6 @@ fn collect(
 
 /// What one attempt came to.
 struct Tried {
-    outcome: Outcome,
     /// A refusal's or an answer's wait (`retry_after`, `Retry-After`).
     wait: Option<Duration>,
     done: Finished,
@@ -532,7 +528,6 @@ async fn fetch_one(
                 attempt: next.attempt + 1,
             };
             return Tried {
-                outcome: outcome.clone(),
                 wait,
                 done: Finished {
                     id,
@@ -568,7 +563,6 @@ async fn fetch_one(
         None => false,
     };
     Tried {
-        outcome: outcome.clone(),
         wait,
         done: Finished {
             id: job.id.clone(),

@@ -28,13 +28,15 @@ pin_project! {
 }
 
 impl<F, T, E> ResponseFuture<F, T, E> {
-    pub(crate) fn called(fut: F) -> Self {
+    /// The admitted call's future (for other backends of these layers, e.g. Redis).
+    pub fn called(fut: F) -> Self {
         ResponseFuture {
             kind: Kind::Called { fut },
         }
     }
 
-    pub(crate) fn refused(out: Result<T, E>) -> Self {
+    /// A refusal decided before the call: resolves at once to `out`.
+    pub fn refused(out: Result<T, E>) -> Self {
         ResponseFuture {
             kind: Kind::Refused { out: Some(out) },
         }
