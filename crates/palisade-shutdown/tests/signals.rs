@@ -1,4 +1,4 @@
-//! Real signals, across the process boundary: the `hyper_server` example runs as a child
+//! Real signals, across the process boundary: the `shutdown_hyper` example runs as a child
 //! process and gets SIGTERM under load, then SIGTERM + SIGINT during a drain that would take a
 //! minute.
 //!
@@ -6,7 +6,7 @@
 //! are bounds (how long the child may take to exit) and short polls, never a guess that work
 //! has happened by some time.
 //!
-//! The example binary is built by `cargo build --example hyper_server` run from the test (cargo
+//! The example binary is built by `cargo build --example shutdown_hyper` run from the test (cargo
 //! holds its build lock only while building, not while tests run), in the target directory
 //! this test was built in, and located by cargo's own JSON artifact message: it works under
 //! `cargo test --workspace`, with `--release`, and with any `CARGO_TARGET_DIR`.
@@ -144,7 +144,7 @@ async fn sigint_during_a_long_drain_cuts_the_stream_and_exits_2() {
     assert!(!received.ends_with(b"0\r\n\r\n"));
 }
 
-/// The `hyper_server` example, running.
+/// The `shutdown_hyper` example, running.
 struct Server {
     child: Child,
     addr: String,
@@ -163,7 +163,7 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true) // a failing test leaves no server behind
             .spawn()
-            .expect("start the hyper_server example");
+            .expect("start the shutdown_hyper example");
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let line = timeout(BOUND, stdout.next_line())
@@ -335,11 +335,11 @@ async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, needle: &str) {
     .unwrap_or_else(|_| panic!("no {needle:?} in time"));
 }
 
-/// The `hyper_server` example, built (once per test binary) by cargo in the target directory
+/// The `shutdown_hyper` example, built (once per test binary) by cargo in the target directory
 /// and profile this test was built in, so that it reuses the build cache and is never stale.
 fn example_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_example("hyper_server"))
+    BINARY.get_or_init(|| build_example("shutdown_hyper"))
 }
 
 fn build_example(name: &str) -> PathBuf {

@@ -1,13 +1,13 @@
 //! An axum server that drains on SIGTERM or SIGINT, with a deadline axum does not have.
 //!
-//! The same routes as `hyper_server`: `/` at once, `/slow?ms=N` after `N` ms, `/stream` a
+//! The same routes as `shutdown_hyper`: `/` at once, `/slow?ms=N` after `N` ms, `/stream` a
 //! chunk every 100 ms forever. It binds `127.0.0.1:0` (or the first argument, or
 //! `PALISADE_ADDR`), prints `listening on ADDR`, and runs until SIGTERM or SIGINT. Then it
 //! drains for at most `PALISADE_DRAIN_SECS` seconds (default 10; a second signal cuts it short),
 //! prints `report: ...` and exits with status 0, or 2 if the drain was cut short.
 //!
 //! ```text
-//! cargo run --example axum_server
+//! cargo run --example shutdown_axum
 //! ```
 //!
 //! axum's own graceful shutdown (`with_graceful_shutdown`) stops accepting and asks each

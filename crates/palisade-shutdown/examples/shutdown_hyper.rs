@@ -19,7 +19,7 @@
 //! - `1` on a startup error.
 //!
 //! ```text
-//! cargo run --example hyper_server
+//! cargo run --example shutdown_hyper
 //! curl localhost:PORT/slow?ms=5000 &  kill -TERM <pid>   # the request still gets its answer
 //! ```
 //!
