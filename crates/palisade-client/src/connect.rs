@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
@@ -16,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::error::{BoxError, ConnectError, RequestNotSent};
@@ -32,7 +36,7 @@ type Stream = TcpStream;
 /// client's timeout. The timeout sits here, below the pool and the upstream's hold, so that it
 /// measures the exchange alone: waiting for a rate-limit turn, a `Retry-After` hold or a free
 /// connection is not the upstream being slow, and must not become a breaker failure.
-/// (The deadline is inside the connection's boxed future, so the pool's future stays small.)
+/// (The deadline is kept by the connection's own task, see [`Watch`]: no timer per request.)
 pub(crate) type Pooled = Connection;
 
 /// Makes HTTP/1.1 connections: TCP, then TLS for `https`, then hyper's handshake; the
@@ -112,9 +116,20 @@ impl Service<Origin> for Connector {
             let (sender, conn) = http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| ConnectError::new(name.clone(), "http handshake", e))?;
+            let timeout = this.0.timeout;
+            let watch = Arc::new(Watch::new(timeout));
+            let keeper = watch.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection closed with an error");
+                // The connection's task also keeps the deadline of its exchange in flight;
+                // it ends with the connection.
+                tokio::select! {
+                    biased;
+                    closed = conn => {
+                        if let Err(e) = closed {
+                            tracing::debug!(error = %e, "connection closed with an error");
+                        }
+                    }
+                    never = keeper.keep() => match never {},
                 }
             });
             tracing::debug!(origin = %name, "connected");
@@ -129,7 +144,7 @@ impl Service<Origin> for Connector {
                 host: HeaderValue::from_str(origin.authority().as_str()).ok(),
                 hold,
                 sender,
-                timeout: this.0.timeout,
+                watch,
             })
         })
     }
@@ -188,8 +203,9 @@ impl Connector {
 /// connection: a hung connection is never handed out again.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Body>,
-    /// The bound on each exchange (request sent to response head).
-    timeout: Duration,
+    /// The deadline of the exchange in flight (request sent to response head), kept by the
+    /// connection's task.
+    watch: Arc<Watch>,
     /// The origin's hold: checked at the last moment, since a request may have waited for this
     /// connection while an answer began a hold.
     hold: Option<Arc<GateState>>,
@@ -220,20 +236,29 @@ impl Service<Request<Body>> for Connection {
                 req.headers_mut().insert(HOST, host.clone());
             }
         }
+        // Moved, not cloned: a clone of a path built from a `String` would allocate to share it.
         let mut parts = http::uri::Parts::default();
         parts.path_and_query = Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
+            std::mem::take(req.uri_mut())
+                .into_parts()
+                .path_and_query
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
         let sent = self.sender.try_send_request(req);
-        let timeout = self.timeout;
+        let exchange = self.watch.begin();
         Box::pin(async move {
-            let Ok(sent) = tokio::time::timeout(timeout, sent).await else {
+            let mut sent = std::pin::pin!(sent);
+            let sent = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending if exchange.elapsed(cx) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            drop(exchange);
+            let Some(sent) = sent else {
                 // Dropping hyper's response future makes it close the connection: a hung
                 // exchange's connection is never handed out again.
                 return Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError);
@@ -250,6 +275,114 @@ impl Service<Request<Body>> for Connection {
                 }
             })
         })
+    }
+}
+
+/// The deadline of a connection's exchange in flight, kept by the connection's own task.
+///
+/// A timer per request would cost a registration in tokio's timer wheel and its removal, two
+/// locks on every request. Here an exchange writes its deadline into one atomic, and the
+/// connection's task, whose timer sleeps until the deadline it last read, resets that timer
+/// only when it fires: about once per timeout while requests flow, not once per request. When
+/// it finds the exchange in flight past its deadline, it marks it elapsed and wakes it.
+pub(crate) struct Watch {
+    /// The origin of the deadlines below.
+    base: Instant,
+    /// [`IDLE`], [`ELAPSED`], or the deadline of the exchange in flight: nanoseconds after
+    /// `base`, plus one.
+    deadline: AtomicU64,
+    /// The task of the exchange in flight.
+    waker: AtomicWaker,
+    timeout: Duration,
+}
+
+const IDLE: u64 = 0;
+const ELAPSED: u64 = u64::MAX;
+
+impl Watch {
+    fn new(timeout: Duration) -> Watch {
+        Watch {
+            base: Instant::now(),
+            deadline: AtomicU64::new(IDLE),
+            waker: AtomicWaker::new(),
+            timeout,
+        }
+    }
+
+    fn since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(ELAPSED - 1)
+            .min(ELAPSED - 2)
+    }
+
+    /// An exchange starts now: its deadline is now + timeout.
+    fn begin(self: &Arc<Self>) -> Exchange {
+        let deadline = self
+            .since_base(Instant::now())
+            .saturating_add(u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX))
+            .min(ELAPSED - 2)
+            + 1;
+        self.deadline.store(deadline, Ordering::Release);
+        Exchange {
+            watch: self.clone(),
+            deadline,
+        }
+    }
+
+    /// The connection task's half: never returns; cut off with the connection.
+    async fn keep(&self) -> std::convert::Infallible {
+        let timeout = self.timeout;
+        let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            let next = match self.deadline.load(Ordering::Acquire) {
+                IDLE | ELAPSED => now + timeout,
+                d => {
+                    let at = self.base + Duration::from_nanos(d - 1);
+                    if at > now {
+                        at
+                    } else {
+                        // Only if it is still that exchange in flight.
+                        if self
+                            .deadline
+                            .compare_exchange(d, ELAPSED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
+                            self.waker.wake();
+                        }
+                        now + timeout
+                    }
+                }
+            };
+            sleep.as_mut().reset(next);
+        }
+    }
+}
+
+/// One exchange's claim on its connection's [`Watch`]; gives the deadline back when dropped.
+struct Exchange {
+    watch: Arc<Watch>,
+    deadline: u64,
+}
+
+impl Exchange {
+    /// Whether the connection's task cut this exchange off; if not, it will wake `cx` when it
+    /// does.
+    fn elapsed(&self, cx: &Context<'_>) -> bool {
+        self.watch.waker.register(cx.waker());
+        self.watch.deadline.load(Ordering::Acquire) == ELAPSED
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let _ = self.watch.deadline.compare_exchange(
+            self.deadline,
+            IDLE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -243,6 +243,65 @@ async fn the_timeout_does_not_include_waiting_for_a_connection() {
     assert_eq!(client.base_host().breaker().counts().failures, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_hung_exchange_on_a_reused_connection_is_cut_off_a_timeout_after_it_began() {
+    // The deadline is kept by the connection's task, whose timer was armed when the connection
+    // opened: the hung exchange must still get its whole timeout, counted from its own start.
+    let upstream = Upstream::builder()
+        .hang_path("/slow")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .max_connections_per_host(1)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    client.get("/fast").await.unwrap().bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let began = tokio::time::Instant::now();
+    let e = client.get("/slow").await.unwrap_err();
+    let took = began.elapsed();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(
+        upstream.connections_accepted(),
+        1,
+        "it went out on the reused connection"
+    );
+    // Not cut at the timer's earlier firing (1.5 s in): after its own 2 s, to the timer's tick.
+    assert!(took >= Duration::from_secs(2), "cut off after {took:?}");
+    assert!(
+        took <= Duration::from_millis(2001),
+        "cut off after {took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exchanges_within_the_timeout_are_never_cut_off_whenever_they_start() {
+    // Each answer takes 1 s, the timeout is 1.5 s, and requests start at odd offsets from the
+    // connection's timer: none of them may be cut off.
+    let upstream = Upstream::builder()
+        .latency(Latency::fixed(SECOND))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .max_connections_per_host(1)
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    for pause_ms in [0, 400, 499, 501, 1100, 1499, 1501, 3000, 20] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        let res = client.get("/item").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.requests_received(), 9);
+    assert_eq!(upstream.connections_accepted(), 1);
+    assert_eq!(client.base_host().breaker().counts().failures, 0);
+}
+
 // ===== Refusals =====
 
 #[tokio::test(start_paused = true)]
