@@ -1,6 +1,7 @@
 //! [`Origin`]: scheme and authority, the key of every per-host part of the stack.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -10,7 +11,11 @@ use http::Uri;
 ///
 /// Cheap to clone (both parts share their bytes with the URI they came from), so it serves as
 /// the pool's key without allocating per request.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// Two origins are equal when their schemes, hosts (without regard to case) and ports are:
+/// `http://api.example` and `http://API.example:80` are one upstream, with one breaker, one
+/// rate limit and one set of connections.
+#[derive(Clone)]
 pub struct Origin {
     scheme: Scheme,
     authority: Authority,
@@ -60,6 +65,28 @@ impl Origin {
     }
 }
 
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        self.scheme == other.scheme
+            && self.port() == other.port()
+            && self.host().eq_ignore_ascii_case(other.host())
+    }
+}
+
+impl Eq for Origin {}
+
+impl Hash for Origin {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.is_https().hash(state);
+        self.port().hash(state);
+        let host = self.host();
+        host.len().hash(state);
+        for b in host.bytes() {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.authority)
@@ -90,5 +117,23 @@ mod tests {
         let a = Origin::of(&"http://A.example/".parse().unwrap()).unwrap();
         let b = Origin::of(&"http://a.EXAMPLE/".parse().unwrap()).unwrap();
         assert_eq!(a, b);
+        // The scheme's default port, written or not, is one origin; another port is another.
+        let implicit = Origin::of(&"http://api.example/a".parse().unwrap()).unwrap();
+        let explicit = Origin::of(&"http://API.example:80/b".parse().unwrap()).unwrap();
+        assert_eq!(implicit, explicit);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            std::hash::BuildHasher::hash_one(&hasher, &implicit),
+            std::hash::BuildHasher::hash_one(&hasher, &explicit)
+        );
+        let other_port = Origin::of(&"http://api.example:8080/".parse().unwrap()).unwrap();
+        assert_ne!(implicit, other_port);
+        let https = Origin::of(&"https://api.example:80/".parse().unwrap()).unwrap();
+        assert_ne!(explicit, https, "same port, another scheme");
+        let https_default = Origin::of(&"https://api.example:443/".parse().unwrap()).unwrap();
+        assert_eq!(
+            https_default,
+            Origin::of(&"https://api.example/".parse().unwrap()).unwrap()
+        );
     }
 }
