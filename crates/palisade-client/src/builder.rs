@@ -60,6 +60,7 @@ pub struct ClientBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) pool_idle_timeout: Duration,
     pub(crate) retry_after_cap: Duration,
+    pub(crate) max_origins: usize,
     pub(crate) user_agent: String,
     pub(crate) on_transition: Option<TransitionListener>,
     #[cfg(feature = "tls")]
@@ -103,6 +104,7 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(30),
             retry_after_cap: Duration::from_secs(300),
+            max_origins: 1000,
             user_agent: concat!("palisade/", env!("CARGO_PKG_VERSION")).to_owned(),
             on_transition: None,
             #[cfg(feature = "tls")]
@@ -201,6 +203,20 @@ impl ClientBuilder {
     /// The longest `Retry-After` honoured from one response (default 5 min).
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;
+        self
+    }
+
+    /// How many origins besides the base URL's the client keeps state for before it forgets the
+    /// quiet ones (default 1,000).
+    ///
+    /// Each origin a request goes to gets its own breaker, rate limiter, hold and connections.
+    /// When a new origin would make more than `max` of them, the client forgets every origin
+    /// that is quiet: nothing in flight, no connection open, its breaker closed, no hold ahead,
+    /// its full burst available, and no [`Host`](crate::Host) handle to it held. Forgetting
+    /// one loses nothing a fresh one would not have. Origins that are not quiet are kept even
+    /// beyond `max`: the bound is on remembered idle state, never a refusal.
+    pub fn max_origins(mut self, max: usize) -> Self {
+        self.max_origins = max;
         self
     }
 
@@ -316,6 +332,7 @@ impl ClientBuilder {
             on_transition: self.on_transition,
             timeout: self.timeout,
             retry_after_cap: self.retry_after_cap,
+            max_origins: self.max_origins,
             user_agent,
             #[cfg(feature = "tls")]
             tls,

@@ -101,6 +101,7 @@ pub(crate) struct Settings {
     pub(crate) on_transition: Option<TransitionListener>,
     pub(crate) timeout: Duration,
     pub(crate) retry_after_cap: Duration,
+    pub(crate) max_origins: usize,
     pub(crate) user_agent: HeaderValue,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
@@ -115,6 +116,9 @@ pub struct Host {
     limiter: RateLimiter,
     gate: Arc<GateState>,
     retry: Option<Arc<RetryShared>>,
+    /// References to `gate` when nothing uses this origin: every request in flight, connection
+    /// and `Host` handle holds one more.
+    idle_refs: usize,
 }
 
 impl Host {
@@ -151,6 +155,16 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Nothing would be lost by forgetting this origin: a fresh one would be the same.
+    fn is_quiet(&self) -> bool {
+        Arc::strong_count(&self.gate) <= self.idle_refs
+            && self.breaker.state() == palisade_breaker::State::Closed
+            && self.gate.hold_until().is_none()
+            && self.limiter.remaining_burst() >= self.limiter.quota().burst_size()
+    }
+}
+
 impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Host")
@@ -164,8 +178,19 @@ impl fmt::Debug for Host {
 /// Makes and keeps the per-origin stacks.
 struct Hosts {
     base: Host,
-    others: Mutex<HashMap<Origin, Host>>,
+    others: Mutex<Others>,
     make: MakeHost,
+    /// [`ClientBuilder::max_origins`](crate::ClientBuilder::max_origins).
+    max_origins: usize,
+}
+
+/// The origins other than the base URL's.
+#[derive(Default)]
+struct Others {
+    map: HashMap<Origin, Host>,
+    /// The size at which a new origin makes the quiet ones be forgotten: `max_origins`, or
+    /// twice what a sweep left, so that sweeps that free little stay rare.
+    sweep_at: usize,
 }
 
 struct MakeHost {
@@ -219,6 +244,8 @@ impl MakeHost {
             )),
             None => Either::Right(guarded),
         };
+        // Now: this function's `gate`, the hold wait's, the gate layer's and the connector's.
+        let idle_refs = Arc::strong_count(&gate);
         Host {
             origin,
             service,
@@ -226,6 +253,7 @@ impl MakeHost {
             limiter,
             gate,
             retry,
+            idle_refs,
         }
     }
 }
@@ -244,10 +272,28 @@ impl Hosts {
             return self.base.clone();
         }
         let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
-        others
-            .entry(origin.clone())
-            .or_insert_with(|| self.make.make(origin.clone()))
-            .clone()
+        if let Some(host) = others.map.get(origin) {
+            return host.clone();
+        }
+        if others.map.len() >= others.sweep_at.max(self.max_origins) {
+            let before = others.map.len();
+            others.map.retain(|o, host| {
+                let quiet = host.is_quiet();
+                if quiet {
+                    self.make.connector.forget_hold(o);
+                }
+                !quiet
+            });
+            others.sweep_at = self.max_origins.max(others.map.len().saturating_mul(2));
+            tracing::debug!(
+                forgotten = before - others.map.len(),
+                kept = others.map.len(),
+                "client: quiet origins forgotten"
+            );
+        }
+        let host = self.make.make(origin.clone());
+        others.map.insert(origin.clone(), host.clone());
+        host
     }
 }
 
@@ -388,8 +434,9 @@ impl Client {
         };
         let hosts = Arc::new(Hosts {
             base: make.make(s.origin),
-            others: Mutex::new(HashMap::new()),
+            others: Mutex::default(),
             make,
+            max_origins: s.max_origins,
         });
         let shutdown = ShutdownLayer::new();
         let handle = shutdown.handle();
@@ -496,7 +543,7 @@ impl Client {
             .others
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        others.get(origin).cloned()
+        others.map.get(origin).cloned()
     }
 
     /// The connection pool, shared by all origins: stats per origin and in total.

@@ -72,6 +72,15 @@ impl Connector {
             .insert(origin.clone(), hold);
     }
 
+    /// Drops a forgotten origin's hold (its connections are gone: they held it).
+    pub(crate) fn forget_hold(&self, origin: &Origin) {
+        self.0
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(origin);
+    }
+
     #[cfg(feature = "tls")]
     pub(crate) fn new(
         timeout: Duration,

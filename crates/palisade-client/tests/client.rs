@@ -811,3 +811,121 @@ async fn response_json_decodes_or_says_why_not() {
     assert_eq!(e.class(), "decode");
     assert!(e.to_string().contains("missing"), "{e}");
 }
+
+// ===== Origins other than the base URL's =====
+
+#[tokio::test(start_paused = true)]
+async fn quiet_origins_beyond_max_origins_are_forgotten_and_the_others_kept() {
+    let base = Upstream::builder().start().await.unwrap();
+    let quiet1 = Upstream::builder().start().await.unwrap();
+    let quiet2 = Upstream::builder().start().await.unwrap();
+    let held = Upstream::builder()
+        .outage(Outage::requests(1..100).retry_after(Duration::from_secs(60)))
+        .start()
+        .await
+        .unwrap();
+    let busy = Upstream::builder()
+        .hang_path("/hang")
+        .start()
+        .await
+        .unwrap();
+    let newcomer = Upstream::builder().start().await.unwrap();
+    let origin = |u: &Upstream| Origin::of(&u.url("/").parse().unwrap()).unwrap();
+    let client = Client::builder(base.url("/"))
+        .max_origins(2)
+        .pool_idle_timeout(SECOND)
+        .build()
+        .unwrap();
+
+    for u in [&quiet1, &quiet2] {
+        client
+            .get(&u.url("/a"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let res = client.get(&held.url("/a")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    res.bytes().await.unwrap();
+    assert!(client.host(&origin(&held)).unwrap().held_until().is_some());
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let url = busy.url("/hang");
+        async move { client.get(&url).await }
+    });
+    busy.wait_for_requests(1).await;
+    // A handle keeps its origin, quiet or not.
+    let handle = client.host(&origin(&quiet2)).unwrap();
+
+    // Past the pool's idle timeout: the quiet origins' connections are closed.
+    tokio::time::sleep(2 * SECOND).await;
+    quiet1.wait_for_open_connections(0).await;
+    client
+        .get(&newcomer.url("/a"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    assert!(client.host(&origin(&quiet1)).is_none(), "quiet: forgotten");
+    assert!(client.host(&origin(&quiet2)).is_some(), "a handle is held");
+    assert!(client.host(&origin(&held)).is_some(), "its hold is ahead");
+    assert!(
+        client.host(&origin(&busy)).is_some(),
+        "a request is in flight"
+    );
+    assert!(client.host(&origin(&newcomer)).is_some());
+    assert!(client.base_host().origin() == &origin(&base));
+
+    // A forgotten origin comes back fresh on its next request.
+    let res = client.get(&quiet1.url("/b")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(quiet1.requests_received(), 2);
+    drop(handle);
+    in_flight.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_sent_to_many_origins_one_after_another_remembers_a_bounded_number() {
+    let base = Upstream::builder().start().await.unwrap();
+    let mut upstreams = Vec::new();
+    for _ in 0..12 {
+        upstreams.push(Upstream::builder().start().await.unwrap());
+    }
+    let client = Client::builder(base.url("/"))
+        .max_origins(3)
+        .pool_idle_timeout(SECOND)
+        .build()
+        .unwrap();
+    let remembered = |client: &Client| {
+        upstreams
+            .iter()
+            .filter(|u| {
+                let origin = Origin::of(&u.url("/").parse().unwrap()).unwrap();
+                client.host(&origin).is_some()
+            })
+            .count()
+    };
+    for (i, u) in upstreams.iter().enumerate() {
+        client
+            .get(&u.url("/a"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        // Its connection closes after the idle timeout; then the origin is quiet.
+        tokio::time::sleep(2 * SECOND).await;
+        u.wait_for_open_connections(0).await;
+        assert!(
+            remembered(&client) <= 4,
+            "after {} origins: {}",
+            i + 1,
+            remembered(&client)
+        );
+    }
+    assert!(remembered(&client) >= 1);
+}
