@@ -53,10 +53,15 @@ impl<C> Guard<C> {
         }
     }
 
-    fn finish<T, E>(mut self, result: &Result<T, E>)
+    /// Records the outcome (once). Done in place: moving the guard out of the future first cost
+    /// a stalled load on every call (its bytes were just stored by `call`).
+    fn finish<T, E>(&mut self, result: &Result<T, E>)
     where
         C: Classify<T, E>,
     {
+        if matches!(self.ticket, Ticket::Pass) {
+            return;
+        }
         let outcome = self.classifier.classify(result);
         let elapsed = self
             .started
@@ -99,7 +104,7 @@ where
         match self.project().kind.project() {
             KindProj::Called { fut, guard } => {
                 let result = ready!(fut.poll(cx));
-                if let Some(guard) = guard.take() {
+                if let Some(guard) = guard {
                     guard.finish(&result);
                 }
                 Poll::Ready(result.map_err(Into::into))

@@ -8,7 +8,7 @@ use tower_service::Service;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::CircuitOpen;
 use crate::future::{Guard, ResponseFuture};
-use crate::state::{Breaker, Ticket};
+use crate::state::{Breaker, PackedTicket, Ticket};
 use crate::BoxError;
 
 /// Guards `inner` with a shared [`Breaker`]; made by
@@ -23,7 +23,7 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
 /// half-open probe slot it holds.
 struct Gate {
     breaker: Breaker,
-    ticket: Option<Ticket>,
+    ticket: PackedTicket,
 }
 
 impl Drop for Gate {
@@ -40,7 +40,7 @@ impl<S, C> CircuitBreaker<S, C> {
             inner,
             gate: Gate {
                 breaker,
-                ticket: None,
+                ticket: PackedTicket::NONE,
             },
             classifier,
         }
@@ -83,7 +83,7 @@ where
         // A ticket kept from an earlier poll is decided again unless it holds a probe slot: a
         // refusal may be stale (the breaker has recovered since), and so may a pass taken under
         // a closed state that has since opened.
-        let ticket = match self.gate.ticket {
+        let ticket = match self.gate.ticket.get() {
             Some(Ticket::Probe(g)) => Ticket::Probe(g),
             Some(Ticket::Closed(g)) if g == self.gate.breaker.generation() => Ticket::Closed(g),
             Some(Ticket::Pass) if self.gate.breaker.state() == crate::State::Disabled => {
@@ -91,7 +91,7 @@ where
             }
             _ => {
                 let t = self.gate.breaker.admit();
-                self.gate.ticket = Some(t);
+                self.gate.ticket = PackedTicket::new(t);
                 t
             }
         };

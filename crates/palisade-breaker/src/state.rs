@@ -89,6 +89,56 @@ pub(crate) enum Ticket {
     Rejected(Option<Duration>),
 }
 
+/// An `Option<Ticket>` in one word, for a service to keep between `poll_ready` and `call`.
+///
+/// The enum itself is 16 bytes whose tag shares a word with padding: written by `poll_ready` in
+/// parts and read back whole by `call` a few nanoseconds later, it made the processor wait for
+/// the stores to drain (a failed store-to-load forwarding) on every call. One word is written
+/// and read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackedTicket(u64);
+
+const PAYLOAD: u64 = (1 << 61) - 1;
+
+impl PackedTicket {
+    /// No ticket.
+    pub(crate) const NONE: PackedTicket = PackedTicket(0);
+
+    /// Packs a ticket. A generation or a retry-after beyond 2⁶¹ − 1 nanoseconds (73 years) is
+    /// saturated.
+    #[inline]
+    pub(crate) fn new(ticket: Ticket) -> PackedTicket {
+        let (kind, payload) = match ticket {
+            Ticket::Closed(g) => (1, g),
+            Ticket::Probe(g) => (2, g),
+            Ticket::Pass => (3, 0),
+            Ticket::Rejected(None) => (4, 0),
+            Ticket::Rejected(Some(d)) => (5, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        };
+        PackedTicket(kind << 61 | payload.min(PAYLOAD))
+    }
+
+    /// The ticket, if there is one.
+    #[inline]
+    pub(crate) fn get(self) -> Option<Ticket> {
+        let payload = self.0 & PAYLOAD;
+        match self.0 >> 61 {
+            1 => Some(Ticket::Closed(payload)),
+            2 => Some(Ticket::Probe(payload)),
+            3 => Some(Ticket::Pass),
+            4 => Some(Ticket::Rejected(None)),
+            5 => Some(Ticket::Rejected(Some(Duration::from_nanos(payload)))),
+            _ => None,
+        }
+    }
+
+    /// The ticket, leaving none.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Option<Ticket> {
+        std::mem::replace(self, PackedTicket::NONE).get()
+    }
+}
+
 /// Keeps hot, often-written words off the state word's cache line.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -757,5 +807,42 @@ mod stress {
             }
         }
         panic!("stuck in {:?}", breaker.state());
+    }
+}
+
+#[cfg(test)]
+mod packed_ticket_tests {
+    use super::*;
+
+    #[test]
+    fn every_ticket_packs_and_unpacks_to_itself() {
+        let tickets = [
+            Ticket::Closed(0),
+            Ticket::Closed(7),
+            Ticket::Closed(PAYLOAD),
+            Ticket::Probe(0),
+            Ticket::Probe(123_456_789),
+            Ticket::Pass,
+            Ticket::Rejected(None),
+            Ticket::Rejected(Some(Duration::ZERO)),
+            Ticket::Rejected(Some(Duration::from_millis(1500))),
+        ];
+        for t in tickets {
+            let mut packed = PackedTicket::new(t);
+            assert_ne!(packed, PackedTicket::NONE, "{t:?}");
+            assert_eq!(packed.get(), Some(t));
+            assert_eq!(packed.take(), Some(t));
+            assert_eq!(packed, PackedTicket::NONE);
+            assert_eq!(packed.get(), None);
+        }
+        // Beyond 2⁶¹ − 1: saturated, never another kind.
+        assert_eq!(
+            PackedTicket::new(Ticket::Closed(u64::MAX)).get(),
+            Some(Ticket::Closed(PAYLOAD))
+        );
+        assert_eq!(
+            PackedTicket::new(Ticket::Rejected(Some(Duration::MAX))).get(),
+            Some(Ticket::Rejected(Some(Duration::from_nanos(PAYLOAD))))
+        );
     }
 }
