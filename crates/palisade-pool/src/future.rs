@@ -26,13 +26,14 @@ enum State<K: PoolKey, Conn> {
     Waiting(WaitGuard<K, Conn>),
     /// A slot is reserved; the connector is being made ready or is connecting.
     Connecting(SlotGuard<K, Conn>),
-    /// A connection is leased; waiting for it to be ready. `fresh`: just connected.
-    Ready {
+    /// A connection is leased: waiting for it to be ready (`fresh`: just connected), then
+    /// (`calling`) the request in flight on it. One state for both, handled in place: moving
+    /// the lease from one state to the next re-read bytes just stored, a stalled load per call.
+    Leased {
         lease: Lease<K, Conn>,
         fresh: bool,
+        calling: bool,
     },
-    /// The request is in flight on the leased connection.
-    Calling(Lease<K, Conn>),
     Done,
 }
 
@@ -74,8 +75,8 @@ where
             State::Start { .. } => "checkout",
             State::Waiting(_) => "waiting",
             State::Connecting(_) => "connecting",
-            State::Ready { .. } => "ready",
-            State::Calling(_) => "calling",
+            State::Leased { calling: false, .. } => "ready",
+            State::Leased { calling: true, .. } => "calling",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -118,16 +119,91 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match std::mem::replace(this.state, State::Done) {
-                State::Start { shared, key } => match shared.checkout(&key, {
+            if let State::Leased {
+                lease,
+                fresh,
+                calling,
+            } = &mut *this.state
+            {
+                if *calling {
+                    let fut = this.call.as_mut().as_pin_mut().expect("set when calling");
+                    let Poll::Ready(result) = fut.poll(cx) else {
+                        *this.clock = None;
+                        return Poll::Pending;
+                    };
+                    this.call.set(None);
+                    let State::Leased { lease, .. } = std::mem::replace(this.state, State::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    lease.release::<Req>(this.clock.take());
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                let fresh = *fresh;
+                match lease.conn_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        *this.timer = None;
+                        let req = this.req.take().expect("the request is sent once");
+                        let fut = lease.conn_mut().call(req);
+                        this.call.set(Some(fut));
+                        *calling = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) if fresh => {
+                        *this.timer = None;
+                        drop(take_lease(this.state).discard());
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    Poll::Pending if fresh => {
+                        if timer_fired(this.timer, cx) {
+                            drop(take_lease(this.state).discard());
+                            return Poll::Ready(Err(ConnectTimeout::new(*this.armed).into()));
+                        }
+                        *this.clock = None;
+                        return Poll::Pending;
+                    }
+                    // An idle or handed-over connection that is broken, or not ready: not used.
+                    // The request was not sent, and this checkout keeps its turn: the slot is
+                    // reused for another idle connection of the key or a new one.
+                    Poll::Ready(Err(_)) | Poll::Pending => {
+                        let (shared, key, next) = take_lease(this.state).replace();
+                        tracing::debug!(key = ?key, "pool: connection broken at checkout; replaced");
+                        match next {
+                            Checkout::Idle(conn, meta) => {
+                                *this.state = State::Leased {
+                                    lease: Lease::new(shared, key, conn, meta),
+                                    fresh: false,
+                                    calling: false,
+                                };
+                            }
+                            _ => {
+                                let timeout = shared.config.connect_timeout;
+                                *this.armed = timeout.unwrap_or_default();
+                                *this.timer = timeout.map(|t| Box::pin(sleep(t)));
+                                *this.state = State::Connecting(SlotGuard::new(shared, key));
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Checked out by reference: the state was stored just before (by `new`), and
+            // moving it out at once would stall on those stores.
+            let checkout = match &*this.state {
+                State::Start { shared, key } => Some(shared.checkout(key, {
                     let now = Instant::now();
                     *this.clock = Some(now);
                     now
-                }) {
+                })),
+                _ => None,
+            };
+            match std::mem::replace(this.state, State::Done) {
+                State::Start { shared, key } => match checkout.expect("checked out above") {
                     Ok(Checkout::Idle(conn, meta)) => {
-                        *this.state = State::Ready {
+                        *this.state = State::Leased {
                             lease: Lease::new(shared, key, conn, meta),
                             fresh: false,
+                            calling: false,
                         };
                     }
                     Ok(Checkout::Connect) => {
@@ -151,9 +227,10 @@ where
                 },
                 State::Waiting(mut guard) => match guard.poll(cx) {
                     Poll::Ready((Grant::Conn(conn, meta), shared, key)) => {
-                        *this.state = State::Ready {
+                        *this.state = State::Leased {
                             lease: Lease::new(shared, key, conn, meta),
                             fresh: false,
+                            calling: false,
                         };
                     }
                     Poll::Ready((Grant::Connect, shared, key)) => {
@@ -209,9 +286,10 @@ where
                             // The connect timer stays armed until the new connection is ready:
                             // a handshake that stalls there is still a connect that took too long.
                             this.connect.set(None);
-                            *this.state = State::Ready {
+                            *this.state = State::Leased {
                                 lease: slot.connected(conn),
                                 fresh: true,
+                                calling: false,
                             };
                         }
                         Poll::Ready(Err(e)) => {
@@ -236,69 +314,18 @@ where
                         }
                     }
                 }
-                State::Ready { mut lease, fresh } => match lease.conn_mut().poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        *this.timer = None;
-                        let req = this.req.take().expect("the request is sent once");
-                        let fut = lease.conn_mut().call(req);
-                        this.call.set(Some(fut));
-                        *this.state = State::Calling(lease);
-                    }
-                    Poll::Ready(Err(e)) if fresh => {
-                        *this.timer = None;
-                        drop(lease.discard());
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    Poll::Pending if fresh => {
-                        if timer_fired(this.timer, cx) {
-                            drop(lease.discard());
-                            return Poll::Ready(Err(ConnectTimeout::new(*this.armed).into()));
-                        }
-                        *this.state = State::Ready { lease, fresh };
-                        *this.clock = None;
-                        return Poll::Pending;
-                    }
-                    // An idle or handed-over connection that is broken, or not ready: not used.
-                    // The request was not sent, and this checkout keeps its turn: the slot is
-                    // reused for another idle connection of the key or a new one.
-                    Poll::Ready(Err(_)) | Poll::Pending => {
-                        let (shared, key, next) = lease.replace();
-                        tracing::debug!(key = ?key, "pool: connection broken at checkout; replaced");
-                        match next {
-                            Checkout::Idle(conn, meta) => {
-                                *this.state = State::Ready {
-                                    lease: Lease::new(shared, key, conn, meta),
-                                    fresh: false,
-                                };
-                            }
-                            _ => {
-                                let timeout = shared.config.connect_timeout;
-                                *this.armed = timeout.unwrap_or_default();
-                                *this.timer = timeout.map(|t| Box::pin(sleep(t)));
-                                *this.state = State::Connecting(SlotGuard::new(shared, key));
-                            }
-                        }
-                    }
-                },
-                State::Calling(lease) => {
-                    let fut = this.call.as_mut().as_pin_mut().expect("set when calling");
-                    let result = match fut.poll(cx) {
-                        Poll::Ready(result) => result,
-                        Poll::Pending => {
-                            *this.state = State::Calling(lease);
-                            {
-                                *this.clock = None;
-                                return Poll::Pending;
-                            }
-                        }
-                    };
-                    this.call.set(None);
-                    lease.release::<Req>(this.clock.take());
-                    return Poll::Ready(result.map_err(Into::into));
-                }
+                State::Leased { .. } => unreachable!("handled in place above"),
                 State::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+/// The lease out of a `Leased` state, leaving `Done`.
+fn take_lease<K: PoolKey, Conn>(state: &mut State<K, Conn>) -> Lease<K, Conn> {
+    match std::mem::replace(state, State::Done) {
+        State::Leased { lease, .. } => lease,
+        _ => unreachable!("only called in the leased state"),
     }
 }
 
