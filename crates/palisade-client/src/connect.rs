@@ -345,8 +345,13 @@ impl Watch {
         loop {
             sleep.as_mut().await;
             let now = Instant::now();
+            // A timeout too long to add (`Duration::MAX`) sleeps as long as tokio's own far
+            // future: thirty years.
+            let later = now
+                .checked_add(timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
             let next = match self.deadline.load(Ordering::Acquire) {
-                IDLE | ELAPSED => now + timeout,
+                IDLE | ELAPSED => later,
                 d => {
                     let at = self.base + Duration::from_nanos(d - 1);
                     if at > now {
@@ -360,7 +365,7 @@ impl Watch {
                         {
                             self.waker.wake();
                         }
-                        now + timeout
+                        later
                     }
                 }
             };
@@ -398,4 +403,26 @@ impl Drop for Exchange {
 /// The pool's key: the request's origin (the client only sends absolute URIs into the stack).
 pub(crate) fn origin_key(req: &Request<Body>) -> Origin {
     Origin::of(req.uri()).expect("the client routes only absolute http(s) URIs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_with_an_unaddable_timeout_keeps_running_when_its_timer_fires_idle() {
+        let watch = Arc::new(Watch::new(Duration::MAX));
+        let keeper = watch.clone();
+        let task = tokio::spawn(async move { match keeper.keep().await {} });
+        tokio::time::sleep(Duration::from_secs(31 * 365 * 86_400)).await;
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "{:?}", task.await);
+        // And an exchange under it is not cut off.
+        let exchange = watch.begin();
+        tokio::time::sleep(Duration::from_secs(31 * 365 * 86_400)).await;
+        assert_ne!(watch.deadline.load(Ordering::Acquire), ELAPSED);
+        drop(exchange);
+        assert_eq!(watch.deadline.load(Ordering::Acquire), IDLE);
+        task.abort();
+    }
 }

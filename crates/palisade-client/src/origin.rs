@@ -28,10 +28,14 @@ impl Origin {
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return None;
         }
-        Some(Origin {
-            scheme,
-            authority: uri.authority()?.clone(),
-        })
+        let authority = uri.authority()?;
+        // Credentials in the URL are not part of the origin: they would end up in the `Host`
+        // header of every request on its connections, and in logs.
+        let authority = match authority.as_str().rsplit_once('@') {
+            Some((_, rest)) => rest.parse().ok()?,
+            None => authority.clone(),
+        };
+        Some(Origin { scheme, authority })
     }
 
     /// `true` for `https`.
@@ -126,6 +130,11 @@ mod tests {
             std::hash::BuildHasher::hash_one(&hasher, &implicit),
             std::hash::BuildHasher::hash_one(&hasher, &explicit)
         );
+        // Credentials are not part of the origin, nor of what it prints.
+        let with_user = Origin::of(&"http://user:secret@api.example/".parse().unwrap()).unwrap();
+        assert_eq!(with_user, implicit);
+        assert_eq!(with_user.authority().as_str(), "api.example");
+        assert_eq!(with_user.to_string(), "http://api.example");
         let other_port = Origin::of(&"http://api.example:8080/".parse().unwrap()).unwrap();
         assert_ne!(implicit, other_port);
         let https = Origin::of(&"https://api.example:80/".parse().unwrap()).unwrap();

@@ -269,7 +269,8 @@ async fn a_hung_exchange_on_a_reused_connection_is_cut_off_a_timeout_after_it_be
         1,
         "it went out on the reused connection"
     );
-    // Not cut at the timer's earlier firing (1.5 s in): after its own 2 s, to the timer's tick.
+    // Not cut when the connection's timer first fires (2 s after it opened, 0.5 s into this
+    // exchange): after the exchange's own 2 s, to the timer's tick.
     assert!(took >= Duration::from_secs(2), "cut off after {took:?}");
     assert!(
         took <= Duration::from_millis(2001),
