@@ -12,9 +12,11 @@ use http::Uri;
 /// Cheap to clone (both parts share their bytes with the URI they came from), so it serves as
 /// the pool's key without allocating per request.
 ///
-/// Two origins are equal when their schemes, hosts (without regard to case) and ports are:
-/// `http://api.example` and `http://API.example:80` are one upstream, with one breaker, one
-/// rate limit and one set of connections.
+/// The authority is kept in one spelling: the host in lower case, without credentials, and
+/// without the scheme's default port. So `http://api.example` and `http://user@API.example:80`
+/// are one upstream, with one breaker, one rate limit and one set of connections, and two
+/// origins compare (and hash) as plain bytes. Only a URI spelled otherwise costs an
+/// allocation, once, to respell it.
 #[derive(Clone)]
 pub struct Origin {
     scheme: Scheme,
@@ -24,18 +26,35 @@ pub struct Origin {
 impl Origin {
     /// The origin of an absolute `http` or `https` URI.
     pub fn of(uri: &Uri) -> Option<Origin> {
-        let scheme = uri.scheme()?.clone();
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        let scheme = uri.scheme()?;
+        let default_port = if *scheme == Scheme::HTTPS {
+            443
+        } else if *scheme == Scheme::HTTP {
+            80
+        } else {
             return None;
-        }
+        };
         let authority = uri.authority()?;
+        let text = authority.as_str();
         // Credentials in the URL are not part of the origin: they would end up in the `Host`
         // header of every request on its connections, and in logs.
-        let authority = match authority.as_str().rsplit_once('@') {
-            Some((_, rest)) => rest.parse().ok()?,
-            None => authority.clone(),
+        let plain = !text.bytes().any(|b| b == b'@' || b.is_ascii_uppercase())
+            && authority.port_u16() != Some(default_port);
+        let authority = if plain {
+            authority.clone()
+        } else {
+            let rest = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+            let mut respelled = rest.to_ascii_lowercase();
+            if authority.port_u16() == Some(default_port) {
+                let cut = respelled.rfind(':').expect("a port follows a colon");
+                respelled.truncate(cut);
+            }
+            respelled.parse().ok()?
         };
-        Some(Origin { scheme, authority })
+        Some(Origin {
+            scheme: scheme.clone(),
+            authority,
+        })
     }
 
     /// `true` for `https`.
@@ -69,11 +88,10 @@ impl Origin {
     }
 }
 
+// By the one spelling's bytes: `Authority`'s own comparison and hash fold case byte by byte.
 impl PartialEq for Origin {
     fn eq(&self, other: &Origin) -> bool {
-        self.scheme == other.scheme
-            && self.port() == other.port()
-            && self.host().eq_ignore_ascii_case(other.host())
+        self.scheme == other.scheme && self.authority.as_str() == other.authority.as_str()
     }
 }
 
@@ -82,12 +100,7 @@ impl Eq for Origin {}
 impl Hash for Origin {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.is_https().hash(state);
-        self.port().hash(state);
-        let host = self.host();
-        host.len().hash(state);
-        for b in host.bytes() {
-            state.write_u8(b.to_ascii_lowercase());
-        }
+        self.authority.as_str().hash(state);
     }
 }
 
@@ -111,8 +124,9 @@ mod tests {
     fn parts() {
         let o = Origin::of(&"https://Api.Example:8443/x?y".parse().unwrap()).unwrap();
         assert!(o.is_https());
-        assert_eq!((o.host(), o.port()), ("Api.Example", 8443));
-        assert_eq!(o.to_string(), "https://Api.Example:8443");
+        // One spelling: the host in lower case.
+        assert_eq!((o.host(), o.port()), ("api.example", 8443));
+        assert_eq!(o.to_string(), "https://api.example:8443");
         let v6 = Origin::of(&"http://[::1]/".parse().unwrap()).unwrap();
         assert_eq!((v6.host(), v6.port()), ("::1", 80));
         assert!(Origin::of(&"/relative".parse().unwrap()).is_none());
@@ -125,6 +139,8 @@ mod tests {
         let implicit = Origin::of(&"http://api.example/a".parse().unwrap()).unwrap();
         let explicit = Origin::of(&"http://API.example:80/b".parse().unwrap()).unwrap();
         assert_eq!(implicit, explicit);
+        assert_eq!(explicit.authority().as_str(), "api.example");
+        assert_eq!(explicit.port(), 80);
         let hasher = std::collections::hash_map::RandomState::new();
         assert_eq!(
             std::hash::BuildHasher::hash_one(&hasher, &implicit),
@@ -135,6 +151,9 @@ mod tests {
         assert_eq!(with_user, implicit);
         assert_eq!(with_user.authority().as_str(), "api.example");
         assert_eq!(with_user.to_string(), "http://api.example");
+        let v6_user = Origin::of(&"https://u@[::1]:443/".parse().unwrap()).unwrap();
+        assert_eq!(v6_user.authority().as_str(), "[::1]");
+        assert_eq!((v6_user.host(), v6_user.port()), ("::1", 443));
         let other_port = Origin::of(&"http://api.example:8080/".parse().unwrap()).unwrap();
         assert_ne!(implicit, other_port);
         let https = Origin::of(&"https://api.example:80/".parse().unwrap()).unwrap();
