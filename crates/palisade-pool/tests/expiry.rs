@@ -284,3 +284,33 @@ async fn a_key_with_nothing_left_is_forgotten_by_the_sweep() {
     assert!(stats.keys.is_empty(), "{:?}", stats.keys);
     assert_eq!((stats.total.opened, stats.total.evicted), (1, 1));
 }
+
+/// A connection's idle time starts when it comes back, not when it was checked out: a call
+/// that took 8 s, then 5 s idle, is 5 s idle (under a 10 s idle timeout), and is reused.
+#[tokio::test(start_paused = true)]
+async fn idle_time_counts_from_the_return_not_from_the_checkout() {
+    let connector = Connector::new();
+    let config = limits(1, 1)
+        .idle_timeout(Duration::from_secs(10))
+        .sweep_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    let (req, done) = Req::new("k").held();
+    let mut call = start(&mut pool, req);
+    pending(&mut call);
+    advance(Duration::from_secs(8)).await;
+    done.send(()).unwrap();
+    ok(&mut call);
+    assert_eq!(key(&handle, "k").idle, 1);
+
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        send_now(&mut pool, Req::new("k")).conn,
+        1,
+        "reused, not evicted"
+    );
+    let t = handle.stats().total;
+    assert_eq!((t.opened, t.reused, t.evicted), (1, 1, 0), "{t:?}");
+    assert_eq!(connector.opened(), 1);
+}
