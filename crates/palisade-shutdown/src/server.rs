@@ -1,6 +1,8 @@
 //! A hyper server that drains on shutdown, and the `503` answer for refused requests.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION};
@@ -47,7 +49,10 @@ impl ShutdownLayer {
 /// - every connection is asked to close gracefully — an idle keep-alive connection and one that
 ///   never sent a byte close at once, one with a response in flight closes after it (sent with
 ///   `Connection: close`); one that sent part of a first request is waited for (hyper's rule)
-///   until the force;
+///   until the force; a request already in the socket when the shutdown begins is read first
+///   and answered (with the layer, `503`); an HTTP/1 request *pipelined* behind one in flight
+///   is not read: the connection closes after the response marked `Connection: close`, and the
+///   client retries it, as RFC 9112 (9.3.2) has pipelining clients do;
 /// - at the force (the drain deadline, or a second signal) the connections still open are cut,
 ///   long streaming responses included.
 ///
@@ -76,6 +81,7 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let _accepting = shutdown.hold_open();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -107,6 +113,16 @@ where
                     return false;
                 }
                 () = watch.triggered() => {}
+            }
+            // A keep-alive connection between requests closes at once when asked to, without
+            // reading what the client already sent: a request in the socket at the trigger
+            // would go unanswered and uncounted. So first let the runtime poll for I/O (the
+            // yield is deferred until it has) and hyper read what arrived: such a request is
+            // then being answered (`503` by the layer), and the close waits for it.
+            tokio::task::yield_now().await;
+            let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+            if polled.is_ready() {
+                return false;
             }
             conn.as_mut().graceful_shutdown();
             tokio::select! {

@@ -260,22 +260,45 @@ impl Shutdown {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
+        /// Counts the task once it ends after the trigger: completed when it finished, cut off
+        /// otherwise (at the force, or by a panic unwinding through it).
+        struct Counted {
+            shutdown: Shutdown,
+            finished: bool,
+        }
+        impl Counted {
+            fn finish(&mut self) {
+                self.finished = true;
+            }
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                if self.shutdown.is_triggered() {
+                    let inner = &self.shutdown.inner;
+                    let counter = if self.finished {
+                        &inner.tasks_completed
+                    } else {
+                        &inner.tasks_cut
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         let fut = work(self.token());
         let this = self.clone();
         self.inner.tracker.spawn(async move {
+            let mut counted = Counted {
+                shutdown: this.clone(),
+                finished: false,
+            };
             tokio::select! {
                 // Work that finishes just as the force comes has finished.
                 biased;
                 out = fut => {
-                    if this.is_triggered() {
-                        this.inner.tasks_completed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    counted.finish();
                     Some(out)
                 }
-                () = this.forced() => {
-                    this.inner.tasks_cut.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
+                () = this.forced() => None,
             }
         })
     }
@@ -318,6 +341,14 @@ impl Shutdown {
         });
     }
 
+    /// Holds the drain open while a server's accept loop runs: on a multi-thread runtime, a
+    /// connection accepted just before the trigger is then tracked before the drain can find
+    /// nothing left. Counted among [`tasks`](Self::tasks) until dropped.
+    #[cfg(feature = "server")]
+    pub(crate) fn hold_open(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.inner.tracker.token()
+    }
+
     /// Requests in flight through this shutdown's layers.
     pub fn requests_in_flight(&self) -> usize {
         self.inner.requests.in_flight()
@@ -328,7 +359,8 @@ impl Shutdown {
         self.inner.connections.load(Ordering::SeqCst)
     }
 
-    /// Tracked tasks still running (connections included).
+    /// Tracked tasks still running (connections included, and a running `serve` accept
+    /// loop).
     pub fn tasks(&self) -> usize {
         self.inner.tracker.len()
     }
@@ -341,8 +373,15 @@ impl Shutdown {
         let start = *inner.triggered_at.get().unwrap_or(&Instant::now());
         inner.tracker.close();
         let everything = async {
-            inner.tracker.wait().await;
-            inner.requests.drained().await;
+            // A request in flight may spawn a tracked task before it answers: the tracker is
+            // checked again once the requests are done.
+            loop {
+                inner.tracker.wait().await;
+                inner.requests.drained().await;
+                if inner.tracker.is_empty() {
+                    break;
+                }
+            }
         };
         tokio::pin!(everything);
         let deadline = tokio::time::sleep_until(far(start, inner.deadline));
@@ -360,7 +399,19 @@ impl Shutdown {
                     break Some(*inner.force_reason.get().unwrap_or(&ForceReason::Forced))
                 }
                 () = &mut everything => break None,
-                () = &mut deadline => break Some(ForceReason::Deadline),
+                () = &mut deadline => {
+                    // Work due to end on this very tick may not have run yet: let it, then
+                    // look once more. (A force meanwhile is still a force.)
+                    tokio::task::yield_now().await;
+                    if inner.forced.is_cancelled() {
+                        break Some(*inner.force_reason.get().unwrap_or(&ForceReason::Forced));
+                    }
+                    let done = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(everything.as_mut().poll(cx).is_ready())
+                    })
+                    .await;
+                    break if done { None } else { Some(ForceReason::Deadline) };
+                }
                 _ = progress.tick() => tracing::info!(
                     requests = self.requests_in_flight(),
                     connections = self.connections(),

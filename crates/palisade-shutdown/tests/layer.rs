@@ -616,3 +616,96 @@ async fn listening_for_signals_twice_is_refused() {
     let err = shutdown.listen_for_signals().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
 }
+
+// ===== Found by a review: the deadline's own tick, tasks spawned late, panicking workers =====
+
+/// A request that ends on the deadline's very tick was answered: it is completed, and the
+/// drain is not a force.
+#[tokio::test(start_paused = true)]
+async fn a_request_finishing_exactly_at_the_deadline_is_completed_not_forced() {
+    let d = Duration::from_secs(10);
+    let shutdown = Shutdown::new(d);
+    let svc = shutdown.layer().layer(service_fn(move |_: u32| async move {
+        tokio::time::sleep(d).await;
+        Ok::<_, Infallible>(())
+    }));
+    let req = tokio::spawn(svc.oneshot(1));
+    tokio::task::yield_now().await;
+    shutdown.trigger();
+    let report = shutdown.drain().await;
+    req.await.unwrap().unwrap();
+    assert_eq!(
+        (report.requests_completed, report.requests_cut_off),
+        (1, 0),
+        "{report}"
+    );
+    assert_eq!(report.forced, None, "{report}");
+}
+
+/// The same for a tracked worker.
+#[tokio::test(start_paused = true)]
+async fn a_worker_finishing_exactly_at_the_deadline_is_completed_not_forced() {
+    let d = Duration::from_secs(10);
+    let shutdown = Shutdown::new(d);
+    let worker = shutdown.spawn(|_| tokio::time::sleep(d));
+    shutdown.trigger();
+    let report = shutdown.drain().await;
+    assert_eq!(worker.await.unwrap(), Some(()));
+    assert_eq!(
+        (report.tasks_completed, report.tasks_cut_off),
+        (1, 0),
+        "{report}"
+    );
+    assert_eq!(report.forced, None, "{report}");
+}
+
+/// A handler in flight at the trigger that spawns a tracked task before it answers: the drain
+/// waits for that task too.
+#[tokio::test(start_paused = true)]
+async fn a_task_spawned_by_a_request_during_the_drain_is_waited_for() {
+    let shutdown = Shutdown::new(DEADLINE);
+    let sd = shutdown.clone();
+    let svc = shutdown.layer().layer(service_fn(move |_: u32| {
+        let sd = sd.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sd.spawn(|_| tokio::time::sleep(Duration::from_secs(5)));
+            Ok::<_, Infallible>(())
+        }
+    }));
+    let req = tokio::spawn(svc.oneshot(1));
+    tokio::task::yield_now().await;
+    shutdown.trigger();
+    let report = shutdown.drain().await;
+    req.await.unwrap().unwrap();
+    assert_eq!(
+        shutdown.tasks(),
+        0,
+        "returned with a task running: {report}"
+    );
+    assert_eq!(report.elapsed, Duration::from_secs(6), "{report}");
+    assert_eq!(
+        (report.tasks_completed, report.tasks_cut_off),
+        (1, 0),
+        "{report}"
+    );
+    assert_eq!(report.forced, None);
+}
+
+/// A tracked worker that panics during the drain is counted, as cut off.
+#[tokio::test(start_paused = true)]
+async fn a_worker_panicking_during_the_drain_is_counted_as_cut_off() {
+    let shutdown = Shutdown::new(DEADLINE);
+    let worker = shutdown.spawn(|stop| async move {
+        stop.cancelled().await;
+        panic!("boom")
+    });
+    shutdown.trigger();
+    let report = shutdown.drain().await;
+    assert!(worker.await.unwrap_err().is_panic());
+    assert_eq!(
+        (report.tasks_completed, report.tasks_cut_off),
+        (0, 1),
+        "{report}"
+    );
+}

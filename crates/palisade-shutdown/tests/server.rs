@@ -450,3 +450,53 @@ async fn panic_in_handler_does_not_leak_an_open_connection() {
         "the panicked connection is still counted open"
     );
 }
+
+// ===== Requests already sent when the trigger comes (found by a review) =====
+
+/// Reads from a raw connection until `done` says the bytes so far are complete, or EOF.
+async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if done(&String::from_utf8_lossy(&seen)) {
+            break;
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(seen).unwrap()
+}
+
+const RAW_GET_OK: &[u8] = b"GET /ok HTTP/1.1\r\nhost: palisade.test\r\n\r\n";
+
+/// Keep-alive connections whose next request is already in the socket when the trigger
+/// comes: each such request is answered (`503`, counted as refused), none dropped unread.
+#[tokio::test(start_paused = true)]
+async fn a_request_in_the_socket_at_the_trigger_is_answered_503_not_dropped() {
+    let h = start(Duration::from_secs(30)).await;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        c.write_all(RAW_GET_OK).await.unwrap();
+        let first = read_until(&mut c, |s| s.ends_with("ok")).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        conns.push(c);
+    }
+    h.accepted(8).await;
+    settle().await;
+    for c in &mut conns {
+        c.write_all(RAW_GET_OK).await.unwrap();
+    }
+    h.shutdown.trigger();
+    for c in &mut conns {
+        let second = read_until(c, |_| false).await;
+        assert!(second.starts_with("HTTP/1.1 503"), "answered: {second:?}");
+    }
+    let report = h.shutdown.drain().await;
+    assert_eq!(report.requests_refused, 8, "{report}");
+    assert_eq!(report.connections_closed, 8, "{report}");
+    assert!(report.forced.is_none(), "{report}");
+}
