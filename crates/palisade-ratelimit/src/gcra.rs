@@ -21,7 +21,13 @@ pub(crate) struct Gcra {
     tolerance: AtomicU64,
     /// Bumped by every quota change: a grant from before one is not given back.
     epoch: AtomicU32,
+    /// The latest `defer` deadline: nothing (refund, quota change) brings the TAT below
+    /// `defer_until + τ`.
+    defer_until: AtomicU64,
 }
+
+/// The TAT while `set_quota` swaps the parameters: everyone else waits a few instructions.
+const LOCKED: u64 = u64::MAX;
 
 /// One admission, kept so that it can be given back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +56,25 @@ impl Gcra {
             interval: AtomicU64::new(quota.interval_ns()),
             tolerance: AtomicU64::new(quota.tolerance_ns()),
             epoch: AtomicU32::new(0),
+            defer_until: AtomicU64::new(0),
+        }
+    }
+
+    /// The TAT, waiting out a quota change in progress (a few instructions, unless its thread
+    /// is descheduled: then this one yields).
+    fn load_tat(&self) -> u64 {
+        let mut spins = 0u32;
+        loop {
+            let cur = self.tat.load(Ordering::Acquire);
+            if cur != LOCKED {
+                return cur;
+            }
+            spins += 1;
+            if spins < 64 && !cfg!(palisade_loom) {
+                std::hint::spin_loop();
+            } else {
+                crate::loom::yield_now();
+            }
         }
     }
 
@@ -68,9 +93,12 @@ impl Gcra {
     #[inline]
     pub(crate) fn acquire(&self, now: u64, base: u64, n: u32) -> Result<Grant, Deny> {
         debug_assert!(base <= now);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let mut cur = self.tat.load(Ordering::Acquire);
+        let mut cur = self.load_tat();
         loop {
+            if cur == LOCKED {
+                cur = self.load_tat();
+            }
+            let epoch = self.epoch.load(Ordering::Acquire);
             let (t, tau) = self.params();
             // n ≤ B ⟺ (n − 1)·T ≤ τ: no division on the hot path.
             match u64::from(n.saturating_sub(1)).checked_mul(t) {
@@ -107,21 +135,32 @@ impl Gcra {
     /// every later admission stacked its cost on top of this one's TAT. A grant from before a
     /// quota change is not given back (its units are gone).
     pub(crate) fn refund(&self, grant: Grant, now: u64) {
-        if grant.epoch != self.epoch.load(Ordering::Acquire) {
-            return;
-        }
-        let cost = self.interval() * u64::from(grant.cells);
-        let mut cur = self.tat.load(Ordering::Acquire);
+        let mut cur = self.load_tat();
         loop {
+            if cur == LOCKED {
+                cur = self.load_tat();
+            }
+            if grant.epoch != self.epoch.load(Ordering::Acquire) {
+                return;
+            }
+            let (t, tau) = self.params();
+            let cost = t * u64::from(grant.cells);
             let back = if cur == grant.tat_after {
                 cost
             } else {
                 cost.min(grant.tat_after.saturating_sub(now))
             };
-            if back == 0 {
+            // A deferral still in force is not undone by a token from before it.
+            let until = self.defer_until.load(Ordering::Acquire);
+            let floor = if until > now {
+                until.saturating_add(tau).min(cur)
+            } else {
+                0
+            };
+            let new = cur.saturating_sub(back).max(floor);
+            if new == cur {
                 return;
             }
-            let new = cur.saturating_sub(back);
             match self
                 .tat
                 .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
@@ -135,19 +174,24 @@ impl Gcra {
     /// The earliest time at which one cell conforms (`now` if it conforms now).
     pub(crate) fn earliest(&self, now: u64) -> u64 {
         let (_, tau) = self.params();
-        self.tat
-            .load(Ordering::Acquire)
-            .saturating_sub(tau)
-            .max(now)
+        self.load_tat().saturating_sub(tau).max(now)
     }
 
     /// Admits nothing before `until`: raises the TAT so that the earliest conforming time is
     /// at least `until` (and one cell conforms then). Never lowers it.
     pub(crate) fn defer(&self, until: u64) {
-        let (_, tau) = self.params();
-        let floor = until.saturating_add(tau);
-        let mut cur = self.tat.load(Ordering::Acquire);
-        while cur < floor {
+        self.defer_until.fetch_max(until, Ordering::AcqRel);
+        let mut cur = self.load_tat();
+        loop {
+            if cur == LOCKED {
+                cur = self.load_tat();
+            }
+            let (_, tau) = self.params();
+            // Never the sentinel, however far `until` is.
+            let floor = until.saturating_add(tau).min(LOCKED - 1);
+            if cur >= floor {
+                return;
+            }
             match self
                 .tat
                 .compare_exchange_weak(cur, floor, Ordering::AcqRel, Ordering::Acquire)
@@ -161,14 +205,14 @@ impl Gcra {
     /// How many cells would conform at `now`, if taken at once.
     pub(crate) fn remaining(&self, now: u64) -> u32 {
         let (t, tau) = self.params();
-        let tat = self.tat.load(Ordering::Acquire).max(now);
+        let tat = self.load_tat().max(now);
         let room = now.saturating_add(tau + t).saturating_sub(tat);
         u32::try_from(room / t).unwrap_or(u32::MAX)
     }
 
     /// The theoretical arrival time: at or before `now`, the limit is as good as new.
     pub(crate) fn tat(&self) -> u64 {
-        self.tat.load(Ordering::Acquire)
+        self.load_tat()
     }
 
     /// The emission interval in nanoseconds.
@@ -183,6 +227,18 @@ impl Gcra {
     /// Requests decided at the same moment by other threads are judged by the old quota or the
     /// new one.
     pub(crate) fn set_quota(&self, quota: &Quota, now: u64) {
+        // Freeze the TAT while the parameters change, so that no decision mixes the old TAT
+        // with the new parameters (or the parameters with each other).
+        let mut cur = self.load_tat();
+        loop {
+            match self
+                .tat
+                .compare_exchange_weak(cur, LOCKED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(_) => cur = self.load_tat(),
+            }
+        }
         let (old_t, _) = self.params();
         let new_t = quota.interval_ns();
         let max_debt = quota.tolerance_ns() + new_t;
@@ -190,20 +246,18 @@ impl Gcra {
         self.interval.store(new_t, Ordering::Release);
         self.tolerance
             .store(quota.tolerance_ns(), Ordering::Release);
-        let mut cur = self.tat.load(Ordering::Acquire);
-        loop {
-            let debt = u128::from(cur.saturating_sub(now));
-            let scaled = debt * u128::from(new_t) / u128::from(old_t);
-            let scaled = u64::try_from(scaled).unwrap_or(u64::MAX).min(max_debt);
-            let new = now.saturating_add(scaled);
-            match self
-                .tat
-                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return,
-                Err(actual) => cur = actual,
-            }
-        }
+        let debt = u128::from(cur.saturating_sub(now));
+        let scaled = debt * u128::from(new_t) / u128::from(old_t);
+        let scaled = u64::try_from(scaled).unwrap_or(u64::MAX).min(max_debt);
+        // A deferral outlives the quota: nothing before `defer_until`.
+        let until = self.defer_until.load(Ordering::Acquire);
+        let floor = if until > now {
+            until.saturating_add(quota.tolerance_ns())
+        } else {
+            0
+        };
+        let new = now.saturating_add(scaled).max(floor).min(LOCKED - 1);
+        self.tat.store(new, Ordering::Release);
     }
 }
 

@@ -185,12 +185,19 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         if self.shared.map.len() >= self.shared.max_keys {
             self.evict(now);
         }
-        let quota = self.quota();
+        // Held across the insertion: a concurrent set_quota either sees this key in its pass
+        // or runs after it, never in between with the key made from the old quota.
+        let quota = self
+            .shared
+            .quota
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let gcra = self
             .shared
             .map
             .entry(key)
             .or_insert_with(|| Gcra::new(&quota));
+        drop(quota);
         gcra.acquire(now, now, 1)
     }
 
@@ -205,8 +212,12 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         let after_fresh = map.len();
         if after_fresh > low_water {
             // Still too full: every key left is in debt. Drop those closest to fresh.
-            let excess = after_fresh - low_water;
             let mut tats: Vec<u64> = map.iter().map(|e| e.value().tat()).collect();
+            // Re-count: another thread may have evicted since `after_fresh` was read.
+            let excess = tats.len().saturating_sub(low_water);
+            if excess == 0 {
+                return;
+            }
             let (_, threshold, _) = tats.select_nth_unstable(excess - 1);
             let threshold = *threshold;
             let mut dropped = 0;

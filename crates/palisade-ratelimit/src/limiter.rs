@@ -158,8 +158,10 @@ impl RateLimiter {
     /// Changes the quota while traffic flows, keeping what is owed measured in requests: a
     /// limiter two requests in debt is still two requests in debt under the new rate.
     ///
-    /// Every service and handle of this limit sees the change at once. Waiters keep their
-    /// places in the queue and are woken to recompute their slots.
+    /// Every service and handle of this limit sees the change at once: decisions made at the
+    /// same moment wait the few instructions it takes, so none mixes the old state with the
+    /// new quota. Waiters keep their places in the queue and are woken to recompute their
+    /// slots. A [`defer_until`](Self::defer_until) still ahead stays in force.
     pub fn set_quota(&self, quota: Quota) {
         let mut q = self
             .shared

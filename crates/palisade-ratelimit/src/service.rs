@@ -123,7 +123,7 @@ impl Gate {
                             // One total deadline: a wait that grew (a quota change) past
                             // max_wait is refused, not served late.
                             if max_wait.is_some_and(|max| {
-                                at.saturating_sub(arrived) > max.as_nanos() as u64
+                                Duration::from_nanos(at.saturating_sub(arrived)) > max
                             }) {
                                 shared.cancel(id);
                                 let wait = Duration::from_nanos(at.saturating_sub(now));
