@@ -77,8 +77,12 @@ impl Default for HttpClassifier {
 
 /// The delay-seconds of a `Retry-After` header.
 pub fn retry_after<B>(res: &Response<B>) -> Option<Duration> {
-    let v = res.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = res.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    // delay-seconds = 1*DIGIT; a value too large for u64 is "very long" (held to the cap).
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
 impl<B, E> Classify<Response<B>, E> for HttpClassifier {

@@ -172,17 +172,26 @@ impl<K: Hash + Eq + Clone> KeyedBreakers<K> {
             );
             return;
         }
-        let lru = self
+        // Back under the bound (room for the new key) with the least recently used clean
+        // breakers — as many as needed, not one: once the bound was passed by failing hosts,
+        // forgetting one per scan let clean breakers grow the table without end.
+        let excess = (self.shared.map.len() + 1).saturating_sub(self.shared.max_keys);
+        let mut lru: Vec<(u64, K)> = self
             .shared
             .map
             .iter()
             .filter(|e| clean(e.value()))
-            .min_by_key(|e| e.value().last_used.load(Ordering::Relaxed))
-            .map(|e| e.key().clone());
-        if let Some(key) = lru {
-            self.shared.map.remove(&key);
-            tracing::debug!("least recently used clean breaker forgotten");
+            .map(|e| (e.value().last_used.load(Ordering::Relaxed), e.key().clone()))
+            .collect();
+        if lru.len() > excess {
+            lru.select_nth_unstable_by_key(excess, |(t, _)| *t);
+            lru.truncate(excess);
         }
+        for (_, key) in lru {
+            // Still clean: it may have recorded a failure since it was looked at.
+            self.shared.map.remove_if(&key, |_, e| clean(e));
+        }
+        tracing::debug!("least recently used clean breakers forgotten");
     }
 }
 

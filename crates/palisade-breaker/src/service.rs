@@ -84,7 +84,10 @@ where
         // refusal may be stale (the breaker has recovered since), and so may a pass taken under
         // a closed state that has since opened.
         let ticket = match self.gate.ticket.get() {
-            Some(Ticket::Probe(g)) => Ticket::Probe(g),
+            // A probe slot of a half-open that has since ended (reopened, forced, closed) is
+            // gone with its generation: decide again, or the call would pass while open or
+            // over-admit a later half-open.
+            Some(Ticket::Probe(g)) if g == self.gate.breaker.generation() => Ticket::Probe(g),
             Some(Ticket::Closed(g)) if g == self.gate.breaker.generation() => Ticket::Closed(g),
             Some(Ticket::Pass) if self.gate.breaker.state() == crate::State::Disabled => {
                 Ticket::Pass

@@ -478,10 +478,24 @@ impl Core {
         };
         window.record(Mark { failed, slow }, now);
         if !(failed || slow) {
+            // A success can bring the window to minimum_calls (or slide old successes out of a
+            // time window) with the rate already over: read the rate rules then too — only when
+            // the window holds failures or slow calls, so the healthy path stays as it was.
+            if self.config.failure_rate.is_none() && self.config.slow.is_none()
+                || !window.may_hold_bad()
+            {
+                return;
+            }
+            let c = window.counts(now);
+            if (c.failures != 0 || c.slow != 0) && self.should_trip(0, c) {
+                self.open(s, self.now());
+            }
             return;
         }
         let consecutive = if failed {
-            self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+            self.consecutive
+                .fetch_add(1, Ordering::AcqRel)
+                .saturating_add(1)
         } else {
             0
         };
@@ -520,7 +534,8 @@ impl Core {
                             .then(|| pack_half(hg, taken.saturating_sub(1), ok + 1))
                     });
                 if let Ok(before) = after {
-                    if unpack_half(before).2 + 1 >= close_after {
+                    // Exactly one probe's success is the closing one.
+                    if unpack_half(before).2 + 1 == close_after {
                         self.close(s);
                     }
                 }
@@ -554,7 +569,9 @@ impl Core {
         let base = cfg.open_base.as_nanos() as u64;
         let cap = cfg.open_cap.as_nanos() as u64;
         let mut d = base;
-        for _ in 0..k {
+        // Multiplier 1 keeps it fixed: no loop over the (unbounded) openings in a row.
+        let steps = if cfg.open_multiplier > 1 { k } else { 0 };
+        for _ in 0..steps {
             d = d.saturating_mul(u64::from(cfg.open_multiplier)).min(cap);
             if d == cap {
                 break;
@@ -578,9 +595,12 @@ impl Core {
     }
 
     fn close(&self, from: u64) {
+        // Empty the window and the run of failures *before* the state says closed: half-open
+        // records nothing into them, and once closed, a call of the new generation must not
+        // meet the outcomes that opened it (one failure would reopen it at once).
+        self.window.0.reset();
+        self.consecutive.store(0, Ordering::Release);
         if self.transition(from, CLOSED, self.now(), None) {
-            self.window.0.reset();
-            self.consecutive.store(0, Ordering::Release);
             self.openings.store(0, Ordering::Release);
         }
     }
@@ -614,11 +634,24 @@ impl Core {
         {
             return false;
         }
-        self.since.store(now, Ordering::Release);
-        if let Some(until) = open_until {
-            self.open_until.store(until, Ordering::Release);
+        #[cfg(all(test, not(palisade_loom)))]
+        {
+            // Test hook: stands for this thread being preempted right after its CAS.
+            let hook = review_hook::AFTER_CAS.with(|h| h.borrow_mut().take());
+            if let Some(mut f) = hook {
+                f();
+            }
         }
-        self.stamp.store(to >> 3, Ordering::Release);
+        // A winner delayed here (preempted) may find that later transitions have already
+        // published theirs: its older stamp must not overwrite theirs, or the state word's
+        // generation never matches the stamp again and an open breaker refuses forever.
+        if self.stamp.load(Ordering::Acquire) < to >> 3 {
+            self.since.store(now, Ordering::Release);
+            if let Some(until) = open_until {
+                self.open_until.store(until, Ordering::Release);
+            }
+            self.stamp.fetch_max(to >> 3, Ordering::AcqRel);
+        }
         let t = Transition {
             from: State::from_code(from & 7),
             to: State::from_code(code),
@@ -844,5 +877,87 @@ mod packed_ticket_tests {
             PackedTicket::new(Ticket::Rejected(Some(Duration::MAX))).get(),
             Some(Ticket::Rejected(Some(Duration::from_nanos(PAYLOAD))))
         );
+    }
+}
+
+#[cfg(all(test, not(palisade_loom)))]
+/// Interleavings found by a review, simulated deterministically: a hook runs "another
+/// thread's" steps right after a transition's CAS, as if this one were preempted there.
+mod review_hook {
+    use super::*;
+    use std::cell::RefCell;
+    use std::sync::Mutex;
+
+    thread_local! {
+        pub(super) static AFTER_CAS: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    /// The thread that moves open → half-open is preempted between its CAS and its stamp;
+    /// meanwhile a probe is taken and fails (half-open → open, stamped). The first thread then
+    /// stores its older stamp over the newer one: the breaker is open with a stamp that never
+    /// matches, and every admit refuses "being opened right now" — forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_stamp_from_a_preempted_transition_does_not_wedge_it_open() {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let b = {
+            let seen = seen.clone();
+            Breaker::with_listener(
+                Config::builder()
+                    .consecutive_failures(1)
+                    .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
+                    .jitter(0)
+                    .build()
+                    .unwrap(),
+                move |t: &Transition| seen.lock().unwrap().push((t.generation, t.from, t.to)),
+            )
+        };
+        let t = b.admit();
+        b.record(t, Outcome::FAILURE, None);
+        assert_eq!(b.state(), State::Open);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let other = b.clone();
+        AFTER_CAS.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                // "Another thread", while the first is preempted after its CAS to half-open.
+                let probe = other.admit();
+                assert!(matches!(probe, Ticket::Probe(_)), "{probe:?}");
+                other.record(probe, Outcome::FAILURE, None);
+                assert_eq!(other.state(), State::Open);
+            }))
+        });
+        let _ = b.admit(); // enters half-open (and is "preempted" inside)
+        assert_eq!(b.state(), State::Open);
+        eprintln!("listener saw, in order: {:?}", seen.lock().unwrap());
+        // The reopening lasted 1 s. Long after, a caller should get a probe.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            let t = b.admit();
+            assert!(
+                matches!(t, Ticket::Probe(_)),
+                "still refused an hour later: {t:?}, state {:?}, generation {}, stamp {}",
+                b.state(),
+                b.generation(),
+                b.core.stamp.load(Ordering::SeqCst)
+            );
+            b.record(t, Outcome::FAILURE, None);
+        }
+    }
+
+    /// No consecutive rule (slow-call rule only): failures still count up; past 2³² − 1 the
+    /// count saturates (it overflowed, a panic in a debug build).
+    #[tokio::test(start_paused = true)]
+    async fn the_consecutive_count_saturates_without_a_consecutive_rule() {
+        let b = Breaker::new(
+            Config::builder()
+                .no_failure_rate()
+                .slow_calls(Duration::from_secs(1), 50)
+                .build()
+                .unwrap(),
+        );
+        b.core.consecutive.store(u32::MAX, Ordering::SeqCst); // 2^32 − 1 failures so far
+        let t = b.admit();
+        b.record(t, Outcome::FAILURE, None);
+        // No panic, and no rule that this one failure could trip.
+        assert_eq!(b.state(), State::Closed);
     }
 }

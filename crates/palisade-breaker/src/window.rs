@@ -273,6 +273,17 @@ impl Window {
         }
     }
 
+    /// Whether the window may hold a failure or a slow call: two loads, no sliding. `false`
+    /// is exact; `true` may be stale (a time window not yet slid past them).
+    #[inline]
+    pub(crate) fn may_hold_bad(&self) -> bool {
+        let (failures, slow) = match self {
+            Window::Count(w) => (&w.failures, &w.slow),
+            Window::Time(w) => (&w.failures, &w.slow),
+        };
+        failures.load(Ordering::Acquire) > 0 || slow.load(Ordering::Acquire) > 0
+    }
+
     pub(crate) fn reset(&self) {
         match self {
             Window::Count(w) => w.reset(),
