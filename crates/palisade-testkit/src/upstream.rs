@@ -39,6 +39,9 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 /// The header a request's id is read from.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The most chunks `slow_body` accepts: the body is padded to one byte per chunk.
+const MAX_SLOW_BODY_CHUNKS: usize = 1 << 20;
+
 // ===== Builder =====
 
 /// The script of an [`Upstream`]; [`Builder::start`] checks it and starts serving.
@@ -199,6 +202,13 @@ impl Builder {
         }
         if let Some((0, _)) = self.slow_body {
             return Err("slow_body: must send at least 1 chunk".into());
+        }
+        if let Some((chunks, _)) = self.slow_body {
+            if chunks > MAX_SLOW_BODY_CHUNKS {
+                return Err(format!(
+                    "slow_body: at most {MAX_SLOW_BODY_CHUNKS} chunks (the body is padded to one byte per chunk), got {chunks}"
+                ));
+            }
         }
         if let Some(path) = self.hang_paths.iter().find(|p| !p.starts_with('/')) {
             return Err(format!("hang_path: a path starts with '/', got {path:?}"));
@@ -368,7 +378,12 @@ impl Upstream {
         *self.shared.open.borrow()
     }
 
-    /// The largest number of connections that were open at the same time.
+    /// The largest number of connections that were open at the same time, as the upstream saw
+    /// them: a connection counts from its accept until the upstream's side has seen it close.
+    /// So on a multi-thread runtime a client that closes one connection and at once opens
+    /// another can be counted twice for a moment (the new one accepted on one worker before
+    /// the other has read the old one's end): the figure can be above what the client held,
+    /// never below. On a current-thread runtime (paused-time tests) it is exact.
     pub fn max_concurrent_connections(&self) -> usize {
         self.shared.max_open.load(Ordering::SeqCst)
     }
@@ -753,7 +768,16 @@ async fn handle(
             // The connection task drops this future with the connection.
             return std::future::pending().await;
         }
-        Action::Hang => return std::future::pending().await,
+        Action::Hang => {
+            // Read the body all the same (and drop it): while a body is left unread, hyper does
+            // not read the connection, so it would never see the client close it.
+            // If the body fails (the client went away mid-body), hyper stops reading and would
+            // wait for this answer forever: drop the connection instead.
+            if read_to_end(req.into_body()).await.is_err() {
+                conn.cancel.cancel();
+            }
+            return std::future::pending().await;
+        }
         Action::Answer(answer) => answer,
     };
     let body = drain(req.into_body()).await;
@@ -802,6 +826,15 @@ async fn drain(mut body: Incoming) -> Vec<u8> {
         }
     }
     read
+}
+
+/// Reads the request body to its end and drops it; an error if it failed (e.g. the client
+/// closed mid-body).
+async fn read_to_end(mut body: Incoming) -> Result<(), hyper::Error> {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        frame?;
+    }
+    Ok(())
 }
 
 /// The accepted socket; when dropped after a reset, it closes with `RST` instead of `FIN`.

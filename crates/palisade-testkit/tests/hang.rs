@@ -69,3 +69,36 @@ async fn hang_by_path() {
     assert_eq!(records[0].outcome.status(), None);
     assert_eq!(records[1].outcome.status(), Some(StatusCode::OK));
 }
+
+/// A hung request with a large body: the upstream still reads the body, so it sees the client
+/// close the connection and counts it closed (hyper stops reading a connection while a body is
+/// left unread).
+#[tokio::test(start_paused = true)]
+async fn a_hung_request_with_a_large_body_still_sees_the_client_close() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let upstream = Upstream::builder().hang_path("/h").start().await.unwrap();
+    let addr = upstream.addr();
+    let len = 4 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let head = format!("POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // More than the socket buffers hold: the rest is written only as the upstream reads.
+        let _ = tcp.write_all(&vec![b'a'; len]).await;
+    });
+    upstream.wait_for_requests(1).await;
+    assert_eq!(upstream.open_connections(), 1);
+    // The client gives up, whether or not its body was all written: its socket closes.
+    writer.abort();
+    let _ = writer.await;
+    assert!(
+        timeout(FOREVER, upstream.wait_for_open_connections(0))
+            .await
+            .is_ok(),
+        "the client closed, but the upstream still counts {} open",
+        upstream.open_connections()
+    );
+    assert_eq!(upstream.records()[0].outcome, Outcome::Hang);
+}

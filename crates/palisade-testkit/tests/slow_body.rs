@@ -55,3 +55,17 @@ async fn a_tiny_body_is_padded_to_the_chunk_count() {
     assert_eq!(reply.body.len(), 64);
     assert_eq!(reply.body.trim_end(), r#"{"id":"/","n":1}"#);
 }
+
+/// A chunk count too large to pad the body to is a configuration error, not a panic on every
+/// answer.
+#[tokio::test]
+async fn too_many_chunks_is_a_config_error() {
+    let err = Upstream::builder()
+        .slow_body(usize::MAX, std::time::Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("slow_body"), "{message}");
+    assert!(message.contains("at most"), "{message}");
+}
