@@ -1,5 +1,8 @@
 //! The breaker as a tower service, under paused tokio time.
 
+mod common;
+
+use common::Gate;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,33 +99,6 @@ async fn time_window_slides_after_a_long_healthy_stretch() {
         );
     }
     assert!(outage.elapsed() < span);
-}
-
-/// An inner service whose calls wait until released, counting calls.
-#[derive(Clone)]
-struct Gate {
-    calls: Arc<AtomicUsize>,
-    release: Arc<Notify>,
-}
-
-impl Service<bool> for Gate {
-    type Response = ();
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: bool) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let release = self.release.clone();
-        Box::pin(async move {
-            release.notified().await;
-            Ok(())
-        })
-    }
 }
 
 async fn trip(breaker: &Breaker) {

@@ -2,6 +2,9 @@
 //! that opened the breaker seen again after it closed, the keyed table's bound, the rate rules
 //! read on a success, and a huge `Retry-After`. Each failed on the code before the fix.
 
+mod common;
+
+use common::Gate;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -72,31 +75,6 @@ impl Service<bool> for Toggle {
     }
 }
 
-/// Inner service whose calls hang until released; counts calls.
-#[derive(Clone)]
-struct Hang {
-    calls: Arc<AtomicUsize>,
-    release: Arc<Notify>,
-}
-
-impl Service<bool> for Hang {
-    type Response = ();
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: bool) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let r = self.release.clone();
-        Box::pin(async move {
-            r.notified().await;
-            Ok(())
-        })
-    }
-}
-
 fn poll_ready_once<S: Service<bool>>(svc: &mut S) -> Poll<Result<(), S::Error>> {
     svc.poll_ready(&mut Context::from_waker(&noop_waker()))
 }
@@ -147,7 +125,7 @@ async fn a_probe_ticket_from_an_ended_half_open_does_not_count_in_the_next() {
     assert_eq!(breaker.state(), State::Open);
     tokio::time::advance(Duration::from_secs(2)).await;
     // The new half-open: C takes its single slot and hangs in the inner service.
-    let hang = Hang {
+    let hang = Gate {
         calls: Arc::default(),
         release: Arc::new(Notify::new()),
     };
