@@ -4,6 +4,10 @@
 //!
 //! 1. `core_check`: one admitted `check()` on a direct limiter, 1 and 2 threads.
 //! 2. `service_path`: one `poll_ready` + `call` + poll of the response, through a layer.
+//!
+//! Both run palisade on each of its clocks: `palisade` on tokio's (the default, which paused
+//! time drives) and `palisade_tsc` on `Clock::tsc()` (the CPU's counter through quanta, the
+//! clock governor reads by default). `governor_std_clock` is governor on std's clock.
 //! 3. `achieved_rate`: 1 request per ms, burst 1, 16 waiters; the time per iteration is the
 //!    time to admit 1000 requests (ideal 1.000 s). A table of achieved rates follows the run.
 //!
@@ -78,6 +82,8 @@ fn core_check(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(1));
 
     let ours = palisade_ratelimit::RateLimiter::new(huge_quota());
+    let ours_tsc =
+        palisade_ratelimit::RateLimiter::with_clock(huge_quota(), palisade_ratelimit::Clock::tsc());
     let theirs = governor::RateLimiter::direct(huge_governor_quota());
     // governor on the clock ours reads (std's monotonic `Instant`, which tokio's is outside
     // paused time): the algorithms side by side, without the clocks' difference.
@@ -86,11 +92,15 @@ fn core_check(c: &mut Criterion) {
         governor::clock::MonotonicClock,
     );
     assert!(ours.check().is_ok());
+    assert!(ours_tsc.check().is_ok());
     assert!(theirs.check().is_ok());
     assert!(theirs_std.check().is_ok());
 
     g.bench_function("palisade/1_thread", |b| {
         b.iter(|| black_box(&ours).check().is_ok())
+    });
+    g.bench_function("palisade_tsc/1_thread", |b| {
+        b.iter(|| black_box(&ours_tsc).check().is_ok())
     });
     g.bench_function("governor/1_thread", |b| {
         b.iter(|| black_box(&theirs).check().is_ok())
@@ -100,6 +110,9 @@ fn core_check(c: &mut Criterion) {
     });
     g.bench_function("palisade/2_threads", |b| {
         b.iter_custom(|iters| two_threads(iters, || ours.check().is_ok()))
+    });
+    g.bench_function("palisade_tsc/2_threads", |b| {
+        b.iter_custom(|iters| two_threads(iters, || ours_tsc.check().is_ok()))
     });
     g.bench_function("governor/2_threads", |b| {
         b.iter_custom(|iters| two_threads(iters, || theirs.check().is_ok()))
@@ -170,6 +183,14 @@ fn service_path(c: &mut Criterion) {
     let mut ours = ServiceBuilder::new()
         .layer(palisade_ratelimit::RateLimitLayer::new(huge_quota()))
         .service(inner());
+    let mut ours_tsc = ServiceBuilder::new()
+        .layer(palisade_ratelimit::RateLimitLayer::from_limiter(
+            palisade_ratelimit::RateLimiter::with_clock(
+                huge_quota(),
+                palisade_ratelimit::Clock::tsc(),
+            ),
+        ))
+        .service(inner());
     let mut theirs = ServiceBuilder::new()
         .layer(tower::limit::RateLimitLayer::new(
             u64::MAX,
@@ -178,6 +199,9 @@ fn service_path(c: &mut Criterion) {
         .service(inner());
 
     g.bench_function("palisade", |b| b.iter(|| one_request(&mut ours, &mut cx)));
+    g.bench_function("palisade_tsc", |b| {
+        b.iter(|| one_request(&mut ours_tsc, &mut cx))
+    });
     g.bench_function("tower", |b| b.iter(|| one_request(&mut theirs, &mut cx)));
     g.finish();
 }
@@ -306,6 +330,39 @@ fn achieved_rate(c: &mut Criterion) {
                     }
                 }
             })
+        })
+    });
+
+    g.bench_function("palisade_tsc_wait", |b| {
+        b.iter_custom(|iters| {
+            let limiter = palisade_ratelimit::RateLimiter::with_clock(
+                one_per_ms,
+                palisade_ratelimit::Clock::tsc(),
+            );
+            let svc = ServiceBuilder::new()
+                .layer(palisade_ratelimit::RateLimitLayer::from_limiter(limiter))
+                .service_fn(|()| ready(Ok::<_, Infallible>(())));
+            Race::run(
+                &rt,
+                "palisade tsc clock (wait)",
+                iters * PER_ITER,
+                move |race| {
+                    let mut svc = svc.clone();
+                    async move {
+                        loop {
+                            svc.ready()
+                                .await
+                                .expect("wait mode never refuses")
+                                .call(())
+                                .await
+                                .expect("infallible");
+                            if !race.admit() {
+                                break;
+                            }
+                        }
+                    }
+                },
+            )
         })
     });
 

@@ -62,6 +62,7 @@ impl Gcra {
 
     /// The TAT, waiting out a quota change in progress (a few instructions, unless its thread
     /// is descheduled: then this one yields).
+    #[inline]
     fn load_tat(&self) -> u64 {
         let mut spins = 0u32;
         loop {
@@ -78,6 +79,7 @@ impl Gcra {
         }
     }
 
+    #[inline]
     fn params(&self) -> (u64, u64) {
         (
             self.interval.load(Ordering::Acquire),

@@ -2,7 +2,8 @@
 //!
 //! - [`Quota`]: `count` per `period`, burst set apart (`"100/min"`, `Quota::per_second(10)?.burst(5)?`).
 //! - [`RateLimiter`]: the limit itself — one `AtomicU64` updated by compare-and-swap, on tokio's
-//!   clock; `check()`, `check_n()`, remaining burst, next conforming instant, live quota change.
+//!   clock (or the CPU's counter, [`Clock::tsc`]); `check()`, `check_n()`, remaining burst, next
+//!   conforming instant, live quota change.
 //! - [`RateLimitLayer`]: a tower layer whose services all share one limit. *Wait* mode (clients)
 //!   queues requests in `poll_ready`, first come first served; *reject* mode (servers) refuses
 //!   at once with [`RateLimited`] and its `retry_after`.
@@ -42,6 +43,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod clock;
 mod error;
 pub mod future;
 mod gcra;
@@ -56,6 +58,7 @@ mod service;
 #[cfg(feature = "http")]
 pub mod http;
 
+pub use clock::Clock;
 pub use error::{CheckNError, KeyUnavailable, RateLimited};
 pub use keyed::{KeyedRateLimitLayer, KeyedRateLimiter};
 pub use layer::RateLimitLayer;

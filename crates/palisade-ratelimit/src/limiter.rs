@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::{Clock, Timebase};
 use crate::error::{CheckNError, RateLimited};
 use crate::gcra::{Deny, Gcra, Grant};
 use crate::quota::Quota;
@@ -29,7 +30,8 @@ pub(crate) const LATE_WAKE_CREDIT: u64 = 2_000_000;
 /// Cloning is cheap and every clone is the same limit. The handle answers how much burst is left
 /// and when the next request conforms, and can change the quota while traffic flows.
 ///
-/// Time is tokio's ([`tokio::time::Instant`]), so `tokio::time::pause()` drives every decision.
+/// Time is tokio's ([`tokio::time::Instant`]) unless another [`Clock`] is chosen with
+/// [`with_clock`](Self::with_clock), so `tokio::time::pause()` drives every decision.
 ///
 /// ```
 /// use palisade_ratelimit::{Quota, RateLimiter};
@@ -50,7 +52,7 @@ pub struct RateLimiter {
 }
 
 pub(crate) struct Shared {
-    origin: Instant,
+    time: Timebase,
     gcra: Gcra,
     quota: RwLock<Quota>,
     /// Number of queued waiters, read without the lock by the fast path.
@@ -89,11 +91,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RateLimiter {
-    /// A new limit, idle: the whole burst is available at once.
+    /// A new limit on tokio's clock, idle: the whole burst is available at once.
     pub fn new(quota: Quota) -> RateLimiter {
+        RateLimiter::with_clock(quota, Clock::tokio())
+    }
+
+    /// A new limit on `clock`, idle. [`Clock::tsc`] makes each decision a few times cheaper;
+    /// paused tokio time does not drive it.
+    pub fn with_clock(quota: Quota, clock: Clock) -> RateLimiter {
         RateLimiter {
             shared: Arc::new(Shared {
-                origin: Instant::now(),
+                time: Timebase::new(clock),
                 gcra: Gcra::new(&quota),
                 quota: RwLock::new(quota),
                 queued: AtomicUsize::new(0),
@@ -180,13 +188,15 @@ impl RateLimiter {
     /// than a full burst. Never brings the next conforming time forward. Waiters keep their
     /// places and are woken to recompute their slots.
     pub fn defer_until(&self, until: Instant) {
-        let at = until.saturating_duration_since(self.shared.origin);
-        let at = u64::try_from(at.as_nanos())
-            .unwrap_or(u64::MAX)
-            .min(1 << 62);
+        let at = self.shared.time.nanos(until).min(1 << 62);
         self.shared.gcra.defer(at);
         tracing::debug!(?until, "rate limit deferred");
         self.shared.requeue_all();
+    }
+
+    /// The clock this limit reads.
+    pub fn clock(&self) -> Clock {
+        self.shared.time.clock()
     }
 
     /// How many requests are queued in wait-mode layers of this limit.
@@ -206,15 +216,15 @@ impl fmt::Debug for RateLimiter {
 }
 
 impl Shared {
-    /// Nanoseconds since the origin, on tokio's clock.
+    /// Nanoseconds since the origin, on the limit's clock.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        let since = Instant::now().saturating_duration_since(self.origin);
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        self.time.now()
     }
 
+    /// The tokio instant of `at`, for tokio's timer.
     pub(crate) fn instant(&self, at: u64) -> Instant {
-        self.origin + Duration::from_nanos(at)
+        self.time.instant(at)
     }
 
     pub(crate) fn quota(&self) -> Quota {
@@ -275,7 +285,11 @@ impl Shared {
                 break None;
             };
             // A waiter the timer woke late is charged from up to LATE_WAKE_CREDIT back.
-            let base = head.arrived.max(now.saturating_sub(LATE_WAKE_CREDIT));
+            // (`min`: a counter clock read on another core may put `arrived` a hair after now.)
+            let base = head
+                .arrived
+                .max(now.saturating_sub(LATE_WAKE_CREDIT))
+                .min(now);
             match self.gcra.acquire(now, base, 1) {
                 Ok(grant) => {
                     let head = w.queue.pop_front().expect("front exists");

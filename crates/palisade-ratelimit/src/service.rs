@@ -63,7 +63,27 @@ impl Gate {
     }
 
     /// Resolves once the request is admitted (a token is held) or refused.
+    ///
+    /// The common case — idle, nobody queued, a token free — is decided here, inline; the
+    /// rest in [`poll_acquire_slow`](Self::poll_acquire_slow), whose large frame the common
+    /// case would otherwise set up and tear down on every request.
+    #[inline]
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Idle = self.state {
+            let shared = &*self.limiter.shared;
+            if !shared.has_waiters() {
+                if let Ok(grant) = shared.try_acquire(shared.now()) {
+                    self.state = State::Granted(grant);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        self.poll_acquire_slow(cx)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poll_acquire_slow(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &*self.limiter.shared;
         let max_wait = match self.mode {
             Mode::Reject => None,
@@ -158,6 +178,7 @@ impl Gate {
     /// # Panics
     ///
     /// When `poll_ready` did not return `Ready` first.
+    #[inline]
     pub(crate) fn take(&mut self) -> Admission {
         // The common case decided by reference: moving the whole state out re-read, wider
         // than they were written, the bytes `poll_acquire` had just stored, and the processor
@@ -286,6 +307,7 @@ where
 }
 
 impl Gate {
+    #[inline]
     pub(crate) fn is_refused(&self) -> bool {
         matches!(self.state, State::Refused(_))
     }
