@@ -13,7 +13,9 @@ use tokio::time::Instant;
 /// - [`Clock::tsc`]: the CPU's time-stamp counter, read through [`quanta`] and scaled to
 ///   nanoseconds — a few times cheaper than the OS clock, which is most of the cost of a
 ///   decision. Paused tokio time does **not** drive it: choose it for production paths where a
-///   check is hot, and keep the default where tests pause time.
+///   check is hot, and keep the default where tests pause time. (A waiter on it under paused
+///   time with auto-advance busy-loops: each sleep ends at once, tokio's time jumps ahead, and
+///   the counter has barely moved — until real time reaches its slot.)
 ///
 /// The clock decides when requests conform; waiting still sleeps on tokio's timer, which the
 /// limiter asks for the matching tokio instant.
@@ -121,17 +123,20 @@ impl Timebase {
         }
     }
 
-    /// Nanoseconds since the origin of the tokio instant `at` (0 for one before the origin).
-    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+    /// Where the tokio instant `at` falls: `Ok(nanoseconds since the origin)`, or
+    /// `Err(nanoseconds before it)`.
+    pub(crate) fn offset(&self, at: Instant) -> Result<u64, u64> {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         match self.source {
-            Source::Tokio => nanos(at.saturating_duration_since(self.origin)),
+            Source::Tokio if at >= self.origin => Ok(nanos(at - self.origin)),
+            Source::Tokio => Err(nanos(self.origin - at)),
             Source::Tsc { .. } => {
                 let (now, tokio_now) = (self.now(), Instant::now());
                 if at >= tokio_now {
-                    now.saturating_add(nanos(at - tokio_now))
+                    Ok(now.saturating_add(nanos(at - tokio_now)))
                 } else {
-                    now.saturating_sub(nanos(tokio_now - at))
+                    let back = nanos(tokio_now - at);
+                    now.checked_sub(back).ok_or(back - now)
                 }
             }
         }

@@ -182,6 +182,13 @@ impl Gcra {
     /// Admits nothing before `until`: raises the TAT so that the earliest conforming time is
     /// at least `until` (and one cell conforms then). Never lowers it.
     pub(crate) fn defer(&self, until: u64) {
+        self.defer_before(until, 0);
+    }
+
+    /// [`defer`](Self::defer) to `until − early`, for a deadline `early` nanoseconds before the
+    /// origin (`until` is then 0): the floor is lowered by as much, so a deadline long past
+    /// changes nothing.
+    pub(crate) fn defer_before(&self, until: u64, early: u64) {
         self.defer_until.fetch_max(until, Ordering::AcqRel);
         let mut cur = self.load_tat();
         loop {
@@ -190,7 +197,10 @@ impl Gcra {
             }
             let (_, tau) = self.params();
             // Never the sentinel, however far `until` is.
-            let floor = until.saturating_add(tau).min(LOCKED - 1);
+            let floor = until
+                .saturating_add(tau)
+                .saturating_sub(early)
+                .min(LOCKED - 1);
             if cur >= floor {
                 return;
             }

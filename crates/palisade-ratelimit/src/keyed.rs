@@ -242,8 +242,9 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
             });
         }
         tracing::debug!(
-            fresh = before - after_fresh,
-            in_debt = after_fresh - map.len(),
+            // Other threads insert meanwhile: the counts are approximate, never negative.
+            fresh = before.saturating_sub(after_fresh),
+            in_debt = after_fresh.saturating_sub(map.len()),
             "rate limit keys evicted"
         );
     }

@@ -188,8 +188,12 @@ impl RateLimiter {
     /// than a full burst. Never brings the next conforming time forward. Waiters keep their
     /// places and are woken to recompute their slots.
     pub fn defer_until(&self, until: Instant) {
-        let at = self.shared.time.nanos(until).min(1 << 62);
-        self.shared.gcra.defer(at);
+        match self.shared.time.offset(until) {
+            Ok(at) => self.shared.gcra.defer(at.min(1 << 62)),
+            // Before this limit existed: it resumed at `until`, so only what has not been
+            // earned back since is held.
+            Err(early) => self.shared.gcra.defer_before(0, early),
+        }
         tracing::debug!(?until, "rate limit deferred");
         self.shared.requeue_all();
     }
@@ -333,7 +337,7 @@ impl Shared {
         // The head sleeps until its slot; the others until their estimated slots, in case the
         // head's task is never polled again.
         let slot = next.unwrap_or(now);
-        Turn::SleepUntil(slot.saturating_add(pos as u64 * self.gcra.interval()))
+        Turn::SleepUntil(slot.saturating_add((pos as u64).saturating_mul(self.gcra.interval())))
     }
 
     /// A waiter leaves without taking its token: out of the queue (the one behind moves up), or

@@ -144,3 +144,50 @@ fn keyed_eviction_under_concurrent_inserts_does_not_panic() {
         assert!(limiter.len() <= max_keys + 4, "{} keys", limiter.len());
     }
 }
+
+// ===== second review (with the clock change) =====
+
+/// The waiters behind the head sleep until `head's slot + position × interval`: with a long
+/// interval that product overflowed (a panic in debug builds, inside `poll_ready`).
+#[tokio::test(start_paused = true)]
+async fn deep_waiters_on_a_long_interval_do_not_overflow() {
+    use std::task::{Context, Poll};
+    use tower::Service;
+    let quota = Quota::new(1, Duration::from_nanos(1 << 62)).unwrap();
+    let svc = RateLimitLayer::new(quota).layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut first = svc.clone();
+    assert!(matches!(first.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut waiters: Vec<_> = (0..5).map(|_| svc.clone()).collect();
+    for (i, w) in waiters.iter_mut().enumerate() {
+        assert!(w.poll_ready(&mut cx).is_pending(), "waiter {i} queued");
+    }
+}
+
+/// A deadline from before the limiter existed was taken as its creation instant, taking the
+/// burst away for up to a whole tolerance.
+#[tokio::test(start_paused = true)]
+async fn defer_until_long_before_creation_changes_nothing() {
+    let long_ago = Instant::now();
+    tokio::time::advance(Duration::from_secs(2 * 3600)).await;
+    let limiter = RateLimiter::new(
+        Quota::new(1, Duration::from_secs(3600))
+            .unwrap()
+            .burst(2)
+            .unwrap(),
+    );
+    limiter.defer_until(long_ago);
+    assert_eq!(limiter.remaining_burst(), 2);
+    // Half an interval before creation: one request held, earned back half an interval later.
+    let limiter = RateLimiter::new(
+        Quota::new(1, Duration::from_secs(3600))
+            .unwrap()
+            .burst(2)
+            .unwrap(),
+    );
+    limiter.defer_until(Instant::now() - Duration::from_secs(1800));
+    assert_eq!(limiter.remaining_burst(), 1);
+    tokio::time::advance(Duration::from_secs(1800)).await;
+    assert_eq!(limiter.remaining_burst(), 2);
+}
