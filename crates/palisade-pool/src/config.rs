@@ -209,7 +209,8 @@ impl ConfigBuilder {
 
     /// After `after` connect failures in a row for a key, refuse new connects to it with
     /// [`ConnectBackoff`](crate::ConnectBackoff) for `base`, doubling with each further failure
-    /// up to `max`. A successful connect resets it.
+    /// up to `max`. A new connection that becomes ready resets it; one that fails or times out
+    /// before its first readiness counts as a failure.
     pub fn connect_backoff(mut self, after: u32, base: Duration, max: Duration) -> Self {
         self.config.backoff = Some(Backoff { after, base, max });
         self

@@ -142,6 +142,10 @@ where
                 let fresh = *fresh;
                 match lease.conn_mut().poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
+                        if fresh {
+                            // Connected and ready: the key's run of connect failures is over.
+                            lease.first_ready();
+                        }
                         *this.timer = None;
                         let req = this.req.take().expect("the request is sent once");
                         let fut = lease.conn_mut().call(req);
@@ -149,15 +153,19 @@ where
                         *calling = true;
                         continue;
                     }
+                    // A new connection that fails or stalls before it is first ready: a failed
+                    // connect, counted towards the key's backoff.
                     Poll::Ready(Err(e)) if fresh => {
                         *this.timer = None;
-                        drop(take_lease(this.state).discard());
-                        return Poll::Ready(Err(e.into()));
+                        let e: BoxError = e.into();
+                        take_lease(this.state).fresh_failed(&e);
+                        return Poll::Ready(Err(e));
                     }
                     Poll::Pending if fresh => {
                         if timer_fired(this.timer, cx) {
-                            drop(take_lease(this.state).discard());
-                            return Poll::Ready(Err(ConnectTimeout::new(*this.armed).into()));
+                            let e = ConnectTimeout::new(*this.armed);
+                            take_lease(this.state).fresh_failed(&e);
+                            return Poll::Ready(Err(e.into()));
                         }
                         *this.clock = None;
                         return Poll::Pending;
@@ -177,10 +185,17 @@ where
                                 };
                             }
                             _ => {
+                                // Not after close, nor while the key is in backoff: the slot
+                                // is freed (the guard dropped) and the checkout refused.
+                                let refused = shared.may_connect(&key);
                                 let timeout = shared.config.connect_timeout;
-                                *this.armed = timeout.unwrap_or_default();
-                                *this.timer = timeout.map(|t| Box::pin(sleep(t)));
-                                *this.state = State::Connecting(SlotGuard::new(shared, key));
+                                let slot = SlotGuard::new(shared, key);
+                                if let Err(refused) = refused {
+                                    drop(slot);
+                                    return Poll::Ready(Err(refusal(refused)));
+                                }
+                                *this.state = State::Connecting(slot);
+                                arm_connect_timer(this.timer, this.armed, timeout);
                             }
                         }
                         continue;
@@ -208,9 +223,10 @@ where
                     }
                     Ok(Checkout::Connect) => {
                         let timeout = shared.config.connect_timeout;
-                        *this.armed = timeout.unwrap_or_default();
-                        *this.timer = timeout.map(|t| Box::pin(sleep(t)));
+                        // The slot's guard first: should arming the timer panic (a runtime
+                        // without timers), unwinding still frees the slot.
                         *this.state = State::Connecting(SlotGuard::new(shared, key));
+                        arm_connect_timer(this.timer, this.armed, timeout);
                     }
                     Ok(Checkout::Wait(cell, idx, seq, wake_upkeep)) => {
                         // The checkout timeout is kept by the pool's upkeep task, which fails
@@ -221,9 +237,7 @@ where
                         }
                         *this.state = State::Waiting(WaitGuard::new(shared, key, cell, idx, seq));
                     }
-                    Err(Refused::Closed(e)) => return Poll::Ready(Err(e.into())),
-                    Err(Refused::Full(e)) => return Poll::Ready(Err(e.into())),
-                    Err(Refused::Backoff(e)) => return Poll::Ready(Err(e.into())),
+                    Err(refused) => return Poll::Ready(Err(refusal(refused))),
                 },
                 State::Waiting(mut guard) => match guard.poll(cx) {
                     Poll::Ready((Grant::Conn(conn, meta), shared, key)) => {
@@ -234,10 +248,17 @@ where
                         };
                     }
                     Poll::Ready((Grant::Connect, shared, key)) => {
+                        // Granted before a close or a backoff began, collected after: the
+                        // slot is freed (the guard dropped) and the checkout refused.
+                        let refused = shared.may_connect(&key);
                         let timeout = shared.config.connect_timeout;
-                        *this.armed = timeout.unwrap_or_default();
-                        *this.timer = timeout.map(|t| Box::pin(sleep(t)));
-                        *this.state = State::Connecting(SlotGuard::new(shared, key));
+                        let slot = SlotGuard::new(shared, key);
+                        if let Err(refused) = refused {
+                            drop(slot);
+                            return Poll::Ready(Err(refusal(refused)));
+                        }
+                        *this.state = State::Connecting(slot);
+                        arm_connect_timer(this.timer, this.armed, timeout);
                     }
                     Poll::Ready((Grant::Closed, _, _)) => {
                         return Poll::Ready(Err(PoolClosed.into()))
@@ -247,6 +268,13 @@ where
                         return Poll::Ready(Err(PoolTimeout::new(waited).into()));
                     }
                     Poll::Pending => {
+                        // The upkeep task keeps this waiter's deadline: if the runtime it ran
+                        // on has shut down, start it here, and fail this waiter now if its
+                        // deadline passed meanwhile.
+                        if guard.restart_upkeep() {
+                            *this.state = State::Waiting(guard);
+                            continue;
+                        }
                         *this.state = State::Waiting(guard);
                         {
                             *this.clock = None;
@@ -326,6 +354,34 @@ fn take_lease<K: PoolKey, Conn>(state: &mut State<K, Conn>) -> Lease<K, Conn> {
     match std::mem::replace(state, State::Done) {
         State::Leased { lease, .. } => lease,
         _ => unreachable!("only called in the leased state"),
+    }
+}
+
+/// Arms the connect timer, if there is a timeout and a runtime to keep it. Outside a tokio
+/// runtime the connect goes on without one (the pool says so once per connect), as the rest of
+/// the pool works there.
+fn arm_connect_timer(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut Duration,
+    timeout: Option<Duration>,
+) {
+    *armed = timeout.unwrap_or_default();
+    *timer = match timeout {
+        Some(t) if tokio::runtime::Handle::try_current().is_ok() => Some(Box::pin(sleep(t))),
+        Some(_) => {
+            tracing::warn!("pool: no tokio runtime; connecting without the connect timeout");
+            None
+        }
+        None => None,
+    };
+}
+
+/// The error a refused checkout reports.
+fn refusal(refused: Refused) -> BoxError {
+    match refused {
+        Refused::Closed(e) => e.into(),
+        Refused::Full(e) => e.into(),
+        Refused::Backoff(e) => e.into(),
     }
 }
 

@@ -58,6 +58,18 @@ impl<K: PoolKey, C> WaitGuard<K, C> {
     }
 }
 
+impl<K: PoolKey, C: Send + 'static> WaitGuard<K, C> {
+    /// Starts the pool's upkeep task if it is not running (its runtime shut down) and, when it
+    /// had to, runs one round of it here: true if that may have settled this waiter (poll
+    /// again).
+    pub(crate) fn restart_upkeep(&self) -> bool {
+        match &self.shared {
+            Some(shared) => shared.restart_upkeep(),
+            None => false,
+        }
+    }
+}
+
 impl<K: PoolKey, C> Drop for WaitGuard<K, C> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
@@ -136,6 +148,21 @@ impl<K: PoolKey, C> Lease<K, C> {
         self.conn
             .as_mut()
             .expect("a live lease holds its connection")
+    }
+
+    /// A new connection failed or stalled before it was first ready: closed, its slot freed,
+    /// and counted as a failed connect.
+    pub(crate) fn fresh_failed(mut self, error: &dyn fmt::Display) {
+        let shared = self.shared.take().expect("present");
+        let conn = self.conn.take().expect("present");
+        shared.fresh_failed(&self.key, conn, error);
+    }
+
+    /// A new connection is ready for the first time.
+    pub(crate) fn first_ready(&self) {
+        if let Some(shared) = &self.shared {
+            shared.first_ready(&self.key);
+        }
     }
 
     /// Closes the connection now; hands back the shared state and key for another checkout.

@@ -128,6 +128,8 @@ struct KeyState<C> {
     queue: VecDeque<(usize, u64)>,
     counters: Counters,
     failures: u32,
+    /// When the last connect of the key failed (while `failures > 0`).
+    last_failure: Option<Instant>,
     backoff_until: Option<Instant>,
     last_error: String,
 }
@@ -142,6 +144,7 @@ impl<C> KeyState<C> {
             queue: VecDeque::new(),
             counters: Counters::default(),
             failures: 0,
+            last_failure: None,
             backoff_until: None,
             last_error: String::new(),
         }
@@ -151,13 +154,15 @@ impl<C> KeyState<C> {
         self.idle.len() + self.connecting + self.leased + self.closing
     }
 
-    /// Nothing left to keep: no connection, no waiter, no backoff still counting (a backoff
-    /// is remembered for its maximum after it ends, so a failing key keeps doubling).
+    /// Nothing left to keep: no connection, no waiter, no run of failures still counting. A
+    /// run of failures is remembered for the backoff's maximum after its backoff ends (or
+    /// after its last failure, below the threshold), so a failing key keeps doubling and
+    /// failures spread over sweeps still add up to a backoff.
     fn is_unused(&self, now: Instant, backoff: Option<Backoff>) -> bool {
         self.live() == 0
             && self.queue.is_empty()
-            && match (self.backoff_until, backoff) {
-                (Some(until), Some(b)) => now >= until + b.max,
+            && match (self.backoff_until.or(self.last_failure), backoff) {
+                (Some(since), Some(b)) => now >= since + b.max,
                 _ => true,
             }
     }
@@ -377,6 +382,11 @@ where
                     }
                 }
                 WaitState::Granted(Grant::Conn(conn, meta)) => {
+                    // Handed over but never used: not a reuse.
+                    inner.totals.reused = inner.totals.reused.saturating_sub(1);
+                    if let Some(ks) = inner.keys.get_mut(key) {
+                        ks.counters.reused = ks.counters.reused.saturating_sub(1);
+                    }
                     inner.give_back(key, conn, meta, Instant::now(), &self.config, &mut fx);
                 }
                 WaitState::Granted(Grant::Connect) => {
@@ -403,8 +413,6 @@ where
             ks.connecting -= 1;
             ks.leased += 1;
             ks.counters.opened += 1;
-            ks.failures = 0;
-            ks.backoff_until = None;
             Meta {
                 expires: self.config.max_lifetime.map(|l| now + (l - jitter)),
             }
@@ -419,21 +427,64 @@ where
         let mut fx = Effects::new();
         {
             let mut inner = self.lock();
-            inner.totals.failed += 1;
-            if let Some(ks) = inner.keys.get_mut(key) {
-                ks.counters.failed += 1;
-                if let Some(b) = self.config.backoff {
-                    ks.failures = ks.failures.saturating_add(1);
-                    ks.last_error = error.to_string();
-                    if ks.failures >= b.after {
-                        ks.backoff_until = Some(now + b.delay(ks.failures));
-                    }
-                }
-            }
+            inner.count_failure(key, now, error, self.config.backoff);
             inner.release_slot(key, &self.config, &mut fx, |ks| ks.connecting -= 1);
         }
         tracing::debug!(key = ?key, %error, "pool: connect failed");
         fx.run(self);
+    }
+
+    /// A new connection failed, or timed out, before it was first ready: a failed connect
+    /// (counted, and towards the backoff), and a connection closed.
+    pub(crate) fn fresh_failed(&self, key: &K, conn: C, error: &dyn fmt::Display) {
+        drop(conn);
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut inner = self.lock();
+            inner.totals.closed += 1;
+            if let Some(ks) = inner.keys.get_mut(key) {
+                ks.counters.closed += 1;
+            }
+            inner.count_failure(key, now, error, self.config.backoff);
+            inner.release_slot(key, &self.config, &mut fx, |ks| ks.leased -= 1);
+        }
+        tracing::debug!(key = ?key, %error, "pool: new connection failed before it was ready");
+        fx.run(self);
+    }
+
+    /// A new connection of `key` is ready: the run of connect failures is over.
+    pub(crate) fn first_ready(&self, key: &K) {
+        if self.config.backoff.is_none() {
+            return;
+        }
+        if let Some(ks) = self.lock().keys.get_mut(key) {
+            ks.failures = 0;
+            ks.last_failure = None;
+            ks.backoff_until = None;
+        }
+    }
+
+    /// Whether a slot reserved earlier may still be used to dial `key` now: not once the pool
+    /// is closed, nor while the key is in backoff. The caller frees the slot on a refusal.
+    pub(crate) fn may_connect(&self, key: &K) -> Result<(), Refused> {
+        let inner = self.lock();
+        if inner.closed {
+            return Err(Refused::Closed(PoolClosed));
+        }
+        if let Some(ks) = inner.keys.get(key) {
+            if let Some(until) = ks.backoff_until {
+                let now = Instant::now();
+                if now < until {
+                    return Err(Refused::Backoff(ConnectBackoff::new(
+                        until - now,
+                        ks.failures,
+                        ks.last_error.clone(),
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A leased connection turned out broken before its request was sent (`conn` is already
@@ -609,6 +660,26 @@ where
         });
     }
 
+    /// Starts the upkeep task if it is not running (the runtime it ran on shut down) and, if
+    /// it did, runs one round here, so a waiter already past its deadline is failed now rather
+    /// than when the new task first runs. True when it started one.
+    pub(crate) fn restart_upkeep(self: &Arc<Self>) -> bool
+    where
+        K: Send + 'static,
+        C: Send + 'static,
+    {
+        if self.upkeep_running.load(Ordering::Acquire) {
+            return false;
+        }
+        self.start_upkeep();
+        if !self.upkeep_running.load(Ordering::Acquire) {
+            // No runtime here: nothing keeps deadlines (`start_upkeep` said so).
+            return false;
+        }
+        self.upkeep(Instant::now(), false);
+        true
+    }
+
     /// Closes the pool: refuses new checkouts, fails waiters, closes idle connections.
     /// Returns how many idle connections were closed now.
     pub(crate) fn close(&self) -> usize {
@@ -763,8 +834,12 @@ where
 
         // The most recently returned idle connection that has not expired.
         let mut found = None;
+        // An expired one closed here frees its slot as soon as this call's effects run: room
+        // for this checkout, which is not refused as if the queue were full.
+        let mut room_made = false;
         while let Some(idle) = ks.idle.pop_back() {
             if expired(&idle.meta, Some(idle.since), now, config.idle_timeout) {
+                room_made = true;
                 ks.counters.closed += 1;
                 ks.counters.evicted += 1;
                 self.totals.closed += 1;
@@ -786,7 +861,6 @@ where
         }
 
         // First come, first served: behind waiters of the same key, a new arrival waits.
-        let mut room_made = false;
         if ks.queue.is_empty() {
             if let Some(until) = ks.backoff_until {
                 if now < until {
@@ -805,7 +879,7 @@ where
                 }
                 // The total is reached: close the idle connection of any key that has waited
                 // longest; its slot comes to the oldest waiter once it is closed.
-                room_made = self.evict_oldest_idle(fx);
+                room_made |= self.evict_oldest_idle(fx);
             }
         }
         if self.waiting >= config.max_waiters && !room_made {
@@ -855,6 +929,28 @@ where
         }
         let cell = self.slots[idx].cell.clone();
         Ok(Checkout::Wait(cell, idx, seq, wake_upkeep))
+    }
+
+    /// One failed connect of `key`: counted, and towards its backoff.
+    fn count_failure(
+        &mut self,
+        key: &K,
+        now: Instant,
+        error: &dyn fmt::Display,
+        backoff: Option<Backoff>,
+    ) {
+        self.totals.failed += 1;
+        if let Some(ks) = self.keys.get_mut(key) {
+            ks.counters.failed += 1;
+            if let Some(b) = backoff {
+                ks.failures = ks.failures.saturating_add(1);
+                ks.last_failure = Some(now);
+                ks.last_error = error.to_string();
+                if ks.failures >= b.after {
+                    ks.backoff_until = Some(now + b.delay(ks.failures));
+                }
+            }
+        }
     }
 
     /// Closes the idle connection that has waited longest, over all keys, to make room.

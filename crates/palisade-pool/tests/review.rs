@@ -1,0 +1,357 @@
+//! Regression tests from the second bug-hunting review: a connect timer armed outside a
+//! runtime, backoff bypassed by waiters and by replacing a broken connection, a stalled first
+//! readiness not counted as a failed connect, a queued waiter left without upkeep after its
+//! runtime shut down, dials after close, failures forgotten by the sweep, an expired idle
+//! connection turning a checkout into `PoolFull`, and a hand-off counted as a reuse.
+
+mod common;
+
+use std::task::Poll;
+use std::time::Duration;
+
+use common::*;
+use palisade_pool::{ConnectBackoff, ConnectTimeout, PoolClosed, PoolTimeout};
+use tokio::time::advance;
+use tower::Service;
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// (1) A checkout that has to connect, polled outside a tokio runtime (the pool itself says it
+/// works there: the upkeep only warns, a busy return is discarded): arming the connect timer
+/// panics, and the slot reserved just before is never given back.
+#[test]
+fn a_connect_outside_a_runtime_neither_panics_nor_leaks_its_slot() {
+    let connector = Connector::with_limits(1, 1);
+    let (mut pool, handle) = pool(limits(1, 1).build().unwrap(), &connector);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut fut = std::pin::pin!(pool.call(Req::new("k")));
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        std::future::Future::poll(fut.as_mut(), &mut cx)
+            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+    }));
+    let t = handle.stats().total;
+    assert_eq!(
+        (t.connecting, t.leased),
+        (0, 0),
+        "slot leaked after the checkout panicked: {t:?}"
+    );
+    assert!(outcome.is_ok(), "the checkout panicked outside a runtime");
+}
+
+/// 1b. The same leak inside tokio, on a runtime without the time driver: the task panics
+/// (tokio catches it), the slot stays reserved for good, and the key can never connect again.
+#[test]
+fn a_panicking_connect_timer_leaks_the_slot_for_good() {
+    let connector = Connector::with_limits(1, 1);
+    let (pool, handle) = pool(limits(1, 1).build().unwrap(), &connector);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut p = pool.clone();
+    let joined =
+        rt.block_on(async move { tokio::spawn(async move { p.call(Req::new("k")).await }).await });
+    assert!(joined.is_err(), "expected the task to panic");
+    let t = handle.stats().total;
+    assert_eq!((t.connecting, t.leased), (0, 0), "slot leaked: {t:?}");
+}
+
+/// (2) Connect backoff (after 1 failure) is bypassed by checkouts that were queued: the failed
+/// connect's slot goes to the next waiter, which dials the failing key at once; and a new
+/// arrival behind queued waiters is queued (and will dial) instead of getting ConnectBackoff.
+#[tokio::test(start_paused = true)]
+async fn queued_waiters_do_not_dial_a_key_in_backoff() {
+    let connector = Connector::with_limits(1, 1);
+    connector.gated();
+    let config = limits(1, 1)
+        .connect_backoff(1, Duration::from_secs(10), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let mut f0 = start(&mut pool, Req::new("k").id(0));
+    pending(&mut f0);
+    let mut w1 = start(&mut pool, Req::new("k").id(1));
+    pending(&mut w1);
+    assert!(connector.finish_connect(Err("connection refused")));
+    assert!(err(&mut f0).downcast_ref::<ConnectError>().is_some());
+    // The key is in backoff now (10 s).
+    let _ = w1.poll();
+    assert_eq!(
+        connector.connects(),
+        1,
+        "a queued waiter dialled a key in backoff"
+    );
+}
+
+/// (3) ConnectTimeout on a new connection's first readiness (documented as part of the
+/// connect) is not counted as a failed connect and resets the backoff: a host that accepts
+/// TCP and then stalls the handshake is redialled by every checkout, never backed off.
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_times_out_on_first_readiness_counts_as_a_failure() {
+    let connector = Connector::with_limits(1, 1);
+    connector.start_busy(true);
+    let config = limits(1, 1)
+        .connect_timeout(Duration::from_secs(1))
+        .connect_backoff(1, Duration::from_secs(10), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    let mut f = start(&mut pool, Req::new("k"));
+    pending(&mut f);
+    advance(Duration::from_millis(1_001)).await;
+    settle().await;
+    assert!(err(&mut f).downcast_ref::<ConnectTimeout>().is_some());
+    assert_eq!(
+        key(&handle, "k").failed,
+        1,
+        "the timed-out connect is not counted as failed"
+    );
+    let mut f = start(&mut pool, Req::new("k"));
+    let outcome = f.poll();
+    assert!(
+        matches!(&outcome, Poll::Ready(Err(e)) if e.downcast_ref::<ConnectBackoff>().is_some()),
+        "no backoff after the timed-out connect: {outcome:?}, connects {}",
+        connector.connects()
+    );
+}
+
+/// (4) A queued checkout that was granted a slot (the connection ahead broke) but had not run
+/// yet when the pool closed connects anyway, after close: a new connection on a closed pool.
+#[tokio::test(start_paused = true)]
+async fn no_new_connection_is_dialled_after_close() {
+    let connector = Connector::with_limits(1, 1);
+    let (mut pool, handle) = pool(limits(1, 1).build().unwrap(), &connector);
+    let (r0, t0) = Req::new("k").break_after().held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let mut w = start(&mut pool, Req::new("k"));
+    pending(&mut w);
+    t0.send(()).unwrap();
+    ok(&mut f0); // broken on return: the slot goes to `w` (Grant::Connect)
+    let close = handle.close(Duration::from_secs(5));
+    let outcome = w.poll();
+    assert_eq!(connector.connects(), 1, "dialled after close: {outcome:?}");
+    assert!(
+        matches!(&outcome, Poll::Ready(Err(e)) if e.downcast_ref::<PoolClosed>().is_some()),
+        "{outcome:?}"
+    );
+    drop(close);
+}
+
+/// 4b. The same through a handed-over connection found broken after close: the checkout's
+/// replacement is a new connect on the closed pool.
+#[tokio::test(start_paused = true)]
+async fn a_broken_hand_off_after_close_does_not_dial() {
+    let connector = Connector::with_limits(1, 1);
+    let (mut pool, handle) = pool(limits(1, 1).build().unwrap(), &connector);
+    let (r0, t0) = Req::new("k").held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let mut w = start(&mut pool, Req::new("k"));
+    pending(&mut w);
+    t0.send(()).unwrap();
+    ok(&mut f0); // healthy: handed to `w`
+    let close = handle.close(Duration::from_secs(5));
+    connector.conn(1).set_broken();
+    let outcome = w.poll();
+    assert_eq!(connector.connects(), 1, "dialled after close: {outcome:?}");
+    drop(close);
+}
+
+/// (5) Two runtimes: the upkeep task runs on A; a checkout waiting on B. A shuts down (its
+/// upkeep task with it). Nothing restarts the upkeep for the waiter already queued, so it
+/// never times out.
+#[test]
+// The checkouts are started on one runtime and polled on another: the blocks hand them out.
+#[allow(clippy::async_yields_async)]
+fn a_queued_waiter_times_out_after_the_upkeep_runtime_shuts_down() {
+    let connector = Connector::with_limits(1, 1);
+    let config = limits(1, 1)
+        .checkout_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let rt_a = paused_runtime();
+    let rt_b = paused_runtime();
+    let (r0, _t0) = Req::new("k").id(0).held();
+    let mut f0 = rt_a.block_on(async {
+        let mut f0 = start(&mut pool, r0);
+        pending(&mut f0);
+        f0
+    });
+    // A waiter on A starts the upkeep task there.
+    let wa = rt_a.block_on(async {
+        let mut w = start(&mut pool, Req::new("k").id(1));
+        pending(&mut w);
+        w
+    });
+    // A waiter on B while A's upkeep task is alive.
+    let mut wb = rt_b.block_on(async {
+        let mut w = start(&mut pool, Req::new("k").id(2));
+        pending(&mut w);
+        w
+    });
+    drop(wa);
+    drop(rt_a);
+    rt_b.block_on(async {
+        advance(Duration::from_millis(1_001)).await;
+        settle().await;
+        let outcome = wb.poll();
+        assert!(
+            matches!(&outcome, Poll::Ready(Err(e)) if e.downcast_ref::<PoolTimeout>().is_some()),
+            "the waiter did not time out: {outcome:?}"
+        );
+    });
+    let _ = f0.poll();
+}
+
+/// (6) A connection handed to a waiter that leaves before it runs served nothing, yet is
+/// counted as a reuse (twice if it is then handed on).
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_to_a_waiter_that_leaves_is_not_a_reuse() {
+    let connector = Connector::with_limits(1, 1);
+    let (mut pool, handle) = pool(limits(1, 1).build().unwrap(), &connector);
+    let (r0, t0) = Req::new("k").held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let mut w = start(&mut pool, Req::new("k").id(1));
+    pending(&mut w);
+    t0.send(()).unwrap();
+    ok(&mut f0);
+    drop(w);
+    let k = key(&handle, "k");
+    assert_eq!((k.idle, k.reused), (1, 0), "{k:?}");
+}
+
+/// Control for 5: a new checkout on B (which restarts the upkeep) lets the old waiter time out.
+#[test]
+// The checkouts are started on one runtime and polled on another: the blocks hand them out.
+#[allow(clippy::async_yields_async)]
+fn control_two_runtimes_restart_by_new_waiter() {
+    let connector = Connector::with_limits(1, 1);
+    let config = limits(1, 1)
+        .checkout_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let rt_a = paused_runtime();
+    let rt_b = paused_runtime();
+    let (r0, _t0) = Req::new("k").id(0).held();
+    let mut f0 = rt_a.block_on(async {
+        let mut f0 = start(&mut pool, r0);
+        pending(&mut f0);
+        f0
+    });
+    let wa = rt_a.block_on(async {
+        let mut w = start(&mut pool, Req::new("k").id(1));
+        pending(&mut w);
+        w
+    });
+    let mut wb = rt_b.block_on(async {
+        let mut w = start(&mut pool, Req::new("k").id(2));
+        pending(&mut w);
+        w
+    });
+    drop(wa);
+    drop(rt_a);
+    rt_b.block_on(async {
+        let mut w3 = start(&mut pool, Req::new("k").id(3));
+        pending(&mut w3);
+        advance(Duration::from_millis(1_001)).await;
+        settle().await;
+        let outcome = wb.poll();
+        assert!(
+            matches!(&outcome, Poll::Ready(Err(e)) if e.downcast_ref::<PoolTimeout>().is_some()),
+            "the waiter did not time out: {outcome:?}"
+        );
+    });
+    let _ = f0.poll();
+}
+
+/// (7) Failures below the backoff threshold are forgotten by the idle sweep (the key has
+/// nothing left and no backoff yet): two failures in a row, a sweep between them, and the
+/// backoff configured `after 2` never starts.
+#[tokio::test(start_paused = true)]
+async fn the_sweep_does_not_forget_failures_below_the_backoff_threshold() {
+    let connector = Connector::new();
+    let config = limits(1, 2)
+        .idle_timeout(Duration::from_secs(1))
+        .connect_backoff(2, Duration::from_secs(10), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    send_now(&mut pool, Req::new("healthy")); // starts the sweep (every 500 ms)
+    settle().await;
+    connector.fail_with("refused");
+    let mut f = start(&mut pool, Req::new("k"));
+    assert!(err(&mut f).downcast_ref::<ConnectError>().is_some());
+    advance(Duration::from_millis(600)).await;
+    settle().await;
+    let mut f = start(&mut pool, Req::new("k"));
+    assert!(err(&mut f).downcast_ref::<ConnectError>().is_some());
+    let mut f = start(&mut pool, Req::new("k"));
+    let e = err(&mut f);
+    assert!(
+        e.downcast_ref::<ConnectBackoff>().is_some(),
+        "no backoff after 2 failures in a row: {e}; connects {}",
+        connector.connects_for("k")
+    );
+}
+
+/// (8) A checkout that finds only an expired idle connection closes it, and then — because the
+/// closing connection still holds the key's slot — is refused with PoolFull when no waiter
+/// may queue, although the slot is free the moment the close completes (in the same call).
+#[tokio::test(start_paused = true)]
+async fn an_expired_idle_connection_does_not_turn_a_checkout_into_pool_full() {
+    let connector = Connector::with_limits(1, 1);
+    let config = limits(1, 1)
+        .max_waiters(0)
+        .idle_timeout(Duration::from_secs(1))
+        .sweep_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    send_now(&mut pool, Req::new("k"));
+    advance(Duration::from_secs(2)).await;
+    let mut f = start(&mut pool, Req::new("k"));
+    let outcome = f.poll();
+    assert!(
+        matches!(&outcome, Poll::Ready(Ok(r)) if r.conn == 2),
+        "{outcome:?}; stats {:?}",
+        handle.stats().total
+    );
+}
+
+/// 2b. The backoff is also bypassed when a checkout's idle connection turns out broken: the
+/// replacement dials the key in backoff.
+#[tokio::test(start_paused = true)]
+async fn a_broken_idle_connection_is_not_replaced_by_a_dial_during_backoff() {
+    let connector = Connector::with_limits(2, 2);
+    let config = limits(2, 2)
+        .connect_backoff(1, Duration::from_secs(10), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let (r0, t0) = Req::new("k").held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    connector.fail_with("refused");
+    let mut f1 = start(&mut pool, Req::new("k"));
+    assert!(err(&mut f1).downcast_ref::<ConnectError>().is_some());
+    t0.send(()).unwrap();
+    ok(&mut f0); // connection 1 idle; the key is in backoff for 10 s
+    connector.succeed();
+    connector.conn(1).set_broken();
+    let mut f2 = start(&mut pool, Req::new("k"));
+    let outcome = f2.poll();
+    assert_eq!(
+        connector.connects(),
+        2,
+        "dialled during the backoff: {outcome:?}"
+    );
+}
