@@ -75,14 +75,20 @@ impl Default for HttpClassifier {
     }
 }
 
-/// The delay-seconds of a `Retry-After` header.
+/// The delay of a `Retry-After` header: delay-seconds, or an HTTP-date (zero once it has
+/// passed). `None` when absent or unreadable.
 pub fn retry_after<B>(res: &Response<B>) -> Option<Duration> {
     let v = res.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
     // delay-seconds = 1*DIGIT; a value too large for u64 is "very long" (held to the cap).
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
     }
-    Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)))
+    let at = httpdate::parse_http_date(v).ok()?;
+    // An HTTP-date is wall-clock time by definition: only the system clock can turn it into a
+    // delay (paused tokio time cannot move it).
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 impl<B, E> Classify<Response<B>, E> for HttpClassifier {

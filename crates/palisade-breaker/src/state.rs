@@ -277,6 +277,11 @@ impl Breaker {
         self.core.window.0.counts(self.core.now())
     }
 
+    /// Failures in a row since the last success (what the consecutive-failure rule counts).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.core.consecutive.load(Ordering::Relaxed)
+    }
+
     /// How long the breaker has been in its current state.
     pub fn time_in_state(&self) -> Duration {
         let since = self.core.since.load(Ordering::Acquire);

@@ -309,3 +309,24 @@ fn a_huge_retry_after_is_held_to_the_cap() {
         "an absurd Retry-After should hold it open for the cap, not be ignored"
     );
 }
+
+/// Found by a review of the client: `Retry-After` as an HTTP-date (RFC 9110) was ignored, so a
+/// 429 with a date was retried at once and held nothing.
+#[cfg(feature = "http")]
+#[test]
+fn retry_after_as_an_http_date_is_read() {
+    let with = |v: &str| {
+        let res = http::Response::builder()
+            .status(429)
+            .header("retry-after", v)
+            .body(())
+            .unwrap();
+        palisade_breaker::http::retry_after(&res)
+    };
+    let far = with("Fri, 31 Dec 2100 23:59:59 GMT").expect("a date is read");
+    assert!(far > Duration::from_secs(50 * 365 * 86_400), "{far:?}");
+    assert_eq!(with("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+    assert_eq!(with("soon"), None);
+    assert_eq!(with("-5"), None);
+    assert_eq!(with("120"), Some(Duration::from_secs(120)));
+}

@@ -13,6 +13,9 @@ use crate::error::Error;
 use crate::origin::Origin;
 use crate::retry::Retries;
 
+/// The longest `max_retry_after` accepted: a hold beyond it is no longer a pause.
+const MAX_RETRY_AFTER_CAP: Duration = Duration::from_secs(365 * 86_400);
+
 /// A rate: a [`Quota`], or text such as `"100/min"` parsed when the client is built.
 #[derive(Debug, Clone)]
 pub enum Rate {
@@ -130,7 +133,9 @@ impl ClientBuilder {
     }
 
     /// Fail a request at once with a rate-limit error when its turn is further away than this,
-    /// instead of waiting (default: wait as long as it takes).
+    /// instead of waiting (default: wait as long as it takes). An upstream's hold
+    /// (`Retry-After`, or an exhausted `RateLimit` policy) ending further away is refused the
+    /// same way.
     pub fn max_rate_wait(mut self, wait: Duration) -> Self {
         self.max_rate_wait = Some(wait);
         self
@@ -181,8 +186,11 @@ impl ClientBuilder {
     }
 
     /// The time from sending a request (after its rate-limit turn, any `Retry-After` hold and
-    /// its connection) to its response head (default 30 s). A timeout counts as a failure for
-    /// the breaker, and the connection it happened on is closed.
+    /// its connection) to the end of its response body (default 30 s). Before the head, the
+    /// request fails with [`Error::is_timeout`] and counts as a failure for the breaker; after
+    /// it, the connection is closed and the body read fails ([`Error::is_body`]), so a
+    /// response kept unread past the timeout loses its body. Either way the connection it
+    /// happened on is closed.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -200,7 +208,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The longest `Retry-After` honoured from one response (default 5 min).
+    /// The longest `Retry-After` honoured from one response (default 5 min, at most a year).
     pub fn max_retry_after(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;
         self
@@ -211,9 +219,10 @@ impl ClientBuilder {
     ///
     /// Each origin a request goes to gets its own breaker, rate limiter, hold and connections.
     /// When a new origin would make more than `max` of them, the client forgets every origin
-    /// that is quiet: nothing in flight, no connection open, its breaker closed, no hold ahead,
-    /// its full burst available, and no [`Host`](crate::Host) handle to it held. Forgetting
-    /// one loses nothing a fresh one would not have. Origins that are not quiet are kept even
+    /// that is quiet: nothing in flight, no connection open, its breaker closed with no
+    /// failure counting towards a trip, no hold ahead, its full burst available, and no
+    /// [`Host`](crate::Host) handle to it held. Forgetting one loses nothing that would count
+    /// against a request (its successes in the breaker's window, at most). Origins that are not quiet are kept even
     /// beyond `max`: the bound is on remembered idle state, never a refusal.
     pub fn max_origins(mut self, max: usize) -> Self {
         self.max_origins = max;
@@ -304,6 +313,19 @@ impl ClientBuilder {
         }
         if self.pool_idle_timeout.is_zero() {
             return Err(Error::builder("pool_idle_timeout must be longer than zero"));
+        }
+        if self.retry_after_cap > MAX_RETRY_AFTER_CAP {
+            return Err(Error::builder(format!(
+                "max_retry_after ({:?}) is longer than a year",
+                self.retry_after_cap
+            )));
+        }
+        #[cfg(not(feature = "tls"))]
+        if origin.is_https() {
+            return Err(Error::builder(format!(
+                "base URL {:?} is https, which needs palisade-client's `tls` feature",
+                self.base_url
+            )));
         }
         let pool = palisade_pool::Config::builder()
             .max_connections_per_key(self.max_per_host)

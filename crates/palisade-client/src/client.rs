@@ -160,6 +160,10 @@ impl Host {
     fn is_quiet(&self) -> bool {
         Arc::strong_count(&self.gate) <= self.idle_refs
             && self.breaker.state() == palisade_breaker::State::Closed
+            // Failures still counting towards a trip are state a fresh breaker lacks.
+            && self.breaker.consecutive_failures() == 0
+            && self.breaker.counts().failures == 0
+            && self.breaker.counts().slow == 0
             && self.gate.hold_until().is_none()
             && self.limiter.remaining_burst() >= self.limiter.quota().burst_size()
     }
@@ -182,6 +186,17 @@ struct Hosts {
     make: MakeHost,
     /// [`ClientBuilder::max_origins`](crate::ClientBuilder::max_origins).
     max_origins: usize,
+}
+
+impl Hosts {
+    /// The shutdown deadline has passed: every origin fails its requests not yet sent.
+    fn cut_off(&self) {
+        self.base.gate.cut_off();
+        let others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        for host in others.map.values() {
+            host.gate.cut_off();
+        }
+    }
 }
 
 /// The origins other than the base URL's.
@@ -222,15 +237,19 @@ impl MakeHost {
         }
         let gate_state = gate.clone();
         let wait_state = gate.clone();
+        let max_rate_wait = self.max_rate_wait;
         // Its connections check the hold just before sending.
         self.connector.register_hold(&origin, gate.clone());
         // One retry budget per origin, outside its breaker: a retry meets the open circuit like
         // any request, and a refusal is never retried.
-        let retry = self.retries.clone().map(|r| Arc::new(RetryShared::new(r)));
+        let retry = self
+            .retries
+            .clone()
+            .map(|r| Arc::new(RetryShared::new(r, gate.clone())));
         let guarded = ServiceBuilder::new()
             // A hold is waited out before the breaker hands out a ticket (a probe held for
             // longer than the breaker's patience would be taken for a hung one).
-            .layer_fn(move |s| HoldWait::new(s, wait_state.clone()))
+            .layer_fn(move |s| HoldWait::new(s, wait_state.clone(), max_rate_wait))
             .layer(
                 CircuitBreakerLayer::from_breaker(breaker.clone())
                     .with_classifier(StackClassifier(HttpClassifier::server_errors())),
@@ -315,6 +334,21 @@ impl Service<Request<Body>> for Router {
     }
 
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        #[cfg(not(feature = "tls"))]
+        if req
+            .uri()
+            .scheme()
+            .is_some_and(|s| s.as_str().eq_ignore_ascii_case("https"))
+        {
+            // Refused before any connect: not an upstream failure for the breaker or retries.
+            return RouteFuture {
+                inner: None,
+                error: Some(Error::builder(format!(
+                    "request URI {:?} is https, which needs palisade-client's `tls` feature",
+                    req.uri().to_string()
+                ))),
+            };
+        }
         match Origin::of(req.uri()) {
             Some(origin) => RouteFuture {
                 inner: Some(self.hosts.service(&origin).oneshot(req)),
@@ -395,6 +429,9 @@ pub struct ShutdownReport {
     pub cut_off: u64,
     /// Requests refused after the call.
     pub refused: u64,
+    /// Requests still in flight at the deadline: those not yet sent then failed with
+    /// [`Error::is_shutdown`], those sent were left to finish within their timeout.
+    pub still_in_flight: usize,
     /// What closing the pool found.
     pub pool: CloseReport<Origin>,
 }
@@ -403,8 +440,14 @@ impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "client shut down in {:?}: {} completed, {} cut off, {} refused; {}",
-            self.elapsed, self.completed, self.cut_off, self.refused, self.pool
+            "client shut down in {:?}: {} completed, {} cut off, {} refused, {} still in flight \
+             at the deadline; {}",
+            self.elapsed,
+            self.completed,
+            self.cut_off,
+            self.refused,
+            self.still_in_flight,
+            self.pool
         )
     }
 }
@@ -460,7 +503,12 @@ impl Client {
     ///
     /// A builder error when the result is not a valid URI.
     pub fn url(&self, path: &str) -> Result<Uri, Error> {
-        if path.starts_with("http://") || path.starts_with("https://") {
+        // A scheme is case-insensitive (RFC 3986): `HTTP://host/` is absolute too.
+        let has_prefix = |p: &str| {
+            path.get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        };
+        if has_prefix("http://") || has_prefix("https://") {
             return path
                 .parse()
                 .map_err(|e| Error::builder_source(format!("URL {path:?}"), e));
@@ -559,12 +607,20 @@ impl Client {
     /// Refuses new requests ([`Error::is_shutdown`]), lets those in flight finish for at most
     /// `deadline`, then closes the pool (waiting, within what is left of the deadline, for
     /// connections still reading a body) and reports.
+    ///
+    /// At the deadline, requests not yet sent — waiting out an upstream's hold, their
+    /// rate-limit turn, a retry's backoff or a connection — fail with
+    /// [`Error::is_shutdown`]; requests already sent keep their own timeout.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let started = Instant::now();
         self.inner.shutdown.close();
         let drained = tokio::time::timeout(deadline, self.inner.shutdown.drain())
             .await
             .is_ok();
+        let still_in_flight = self.inner.shutdown.in_flight();
+        if !drained {
+            self.inner.hosts.cut_off();
+        }
         let left = deadline.saturating_sub(started.elapsed());
         let pool = self.inner.pool.close(left).await;
         let (completed, cut_off, refused) = self.inner.shutdown.counts();
@@ -574,6 +630,7 @@ impl Client {
             completed,
             cut_off,
             refused,
+            still_in_flight,
             pool,
         }
     }
@@ -588,7 +645,12 @@ impl Service<Request<Body>> for Client {
         self.svc.poll_ready(cx).map_err(Error::from_stack)
     }
 
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
+        // As `get` and `request` do: the configured `User-Agent` unless the request has one.
+        if !req.headers().contains_key(USER_AGENT) {
+            req.headers_mut()
+                .insert(USER_AGENT, self.inner.user_agent.clone());
+        }
         ResponseFuture {
             inner: self.svc.call(req),
         }

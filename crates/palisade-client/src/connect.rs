@@ -32,8 +32,8 @@ type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStr
 #[cfg(not(feature = "tls"))]
 type Stream = TcpStream;
 
-/// A pooled connection: each exchange on it (request sent to response head) is bounded by the
-/// client's timeout. The timeout sits here, below the pool and the upstream's hold, so that it
+/// A pooled connection: each exchange on it (request sent to the end of the response body) is
+/// bounded by the client's timeout. The timeout sits here, below the pool and the upstream's hold, so that it
 /// measures the exchange alone: waiting for a rate-limit turn, a `Retry-After` hold or a free
 /// connection is not the upstream being slow, and must not become a breaker failure.
 /// (The deadline is kept by the connection's own task, see [`Watch`]: no timer per request.)
@@ -138,7 +138,11 @@ impl Service<Origin> for Connector {
                             tracing::debug!(error = %e, "connection closed with an error");
                         }
                     }
-                    never = keeper.keep() => match never {},
+                    () = keeper.keep() => {
+                        // A response body still being read when the deadline passed: the
+                        // connection is cut off, and the body read fails.
+                        tracing::debug!("response body cut off by the timeout");
+                    }
                 }
             });
             tracing::debug!(origin = %name, "connected");
@@ -212,8 +216,8 @@ impl Connector {
 /// connection: a hung connection is never handed out again.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Body>,
-    /// The deadline of the exchange in flight (request sent to response head), kept by the
-    /// connection's task.
+    /// The deadline of the exchange in flight (request sent to the end of its response body),
+    /// kept by the connection's task.
     watch: Arc<Watch>,
     /// The origin's hold: checked at the last moment, since a request may have waited for this
     /// connection while an answer began a hold.
@@ -230,7 +234,12 @@ impl Service<Request<Body>> for Connection {
     type Future = SendFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.sender.poll_ready(cx).map_err(Into::into)
+        let ready = self.sender.poll_ready(cx).map_err(Into::into);
+        if let Poll::Ready(Ok(())) = ready {
+            // The previous response's body has been read to its end: its deadline is over.
+            self.watch.body_done();
+        }
+        ready
     }
 
     fn call(&mut self, mut req: Request<Body>) -> SendFuture {
@@ -266,7 +275,10 @@ impl Service<Request<Body>> for Connection {
                 Poll::Pending => Poll::Pending,
             })
             .await;
-            drop(exchange);
+            match &sent {
+                Some(Ok(_)) => exchange.head_received(),
+                _ => drop(exchange),
+            }
             let Some(sent) = sent else {
                 // Dropping hyper's response future makes it close the connection: a hung
                 // exchange's connection is never handed out again.
@@ -294,11 +306,15 @@ impl Service<Request<Body>> for Connection {
 /// connection's task, whose timer sleeps until the deadline it last read, resets that timer
 /// only when it fires: about once per timeout while requests flow, not once per request. When
 /// it finds the exchange in flight past its deadline, it marks it elapsed and wakes it.
+///
+/// The deadline covers the response body too: once the head has arrived the deadline stays,
+/// marked [`BODY`], until the connection is ready again (the body read to its end). If it
+/// passes first, the connection's task ends, which closes the connection and fails the body.
 pub(crate) struct Watch {
     /// The origin of the deadlines below.
     base: Instant,
     /// [`IDLE`], [`ELAPSED`], or the deadline of the exchange in flight: nanoseconds after
-    /// `base`, plus one.
+    /// `base`, plus one (with [`BODY`] set once its response head has arrived).
     deadline: AtomicU64,
     /// The task of the exchange in flight.
     waker: AtomicWaker,
@@ -307,6 +323,8 @@ pub(crate) struct Watch {
 
 const IDLE: u64 = 0;
 const ELAPSED: u64 = u64::MAX;
+/// Set on a deadline whose exchange has its response head: the body is being read.
+const BODY: u64 = 1 << 63;
 
 impl Watch {
     fn new(timeout: Duration) -> Watch {
@@ -320,8 +338,8 @@ impl Watch {
 
     fn since_base(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos())
-            .unwrap_or(ELAPSED - 1)
-            .min(ELAPSED - 2)
+            .unwrap_or(BODY - 2)
+            .min(BODY - 2)
     }
 
     /// An exchange starts now: its deadline is now + timeout.
@@ -329,7 +347,8 @@ impl Watch {
         let deadline = self
             .since_base(Instant::now())
             .saturating_add(u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX))
-            .min(ELAPSED - 2)
+            // Below the `BODY` bit, which marks it later.
+            .min(BODY - 2)
             + 1;
         self.deadline.store(deadline, Ordering::Release);
         Exchange {
@@ -338,8 +357,19 @@ impl Watch {
         }
     }
 
-    /// The connection task's half: never returns; cut off with the connection.
-    async fn keep(&self) -> std::convert::Infallible {
+    /// The body of the last response has been read: no deadline until the next exchange.
+    fn body_done(&self) {
+        let d = self.deadline.load(Ordering::Acquire);
+        if d != ELAPSED && d & BODY != 0 {
+            let _ = self
+                .deadline
+                .compare_exchange(d, IDLE, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// The connection task's half: returns only when a response body is still being read at
+    /// its deadline (the connection is then closed); otherwise ends with the connection.
+    async fn keep(&self) {
         let timeout = self.timeout;
         let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
         loop {
@@ -352,6 +382,20 @@ impl Watch {
                 .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
             let next = match self.deadline.load(Ordering::Acquire) {
                 IDLE | ELAPSED => later,
+                d if d & BODY != 0 => {
+                    let at = self.base + Duration::from_nanos((d & !BODY) - 1);
+                    if at > now {
+                        at
+                    } else if self
+                        .deadline
+                        .compare_exchange(d, ELAPSED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return;
+                    } else {
+                        later
+                    }
+                }
                 d => {
                     let at = self.base + Duration::from_nanos(d - 1);
                     if at > now {
@@ -389,8 +433,21 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// The response head has arrived: the deadline stays for the body.
+    fn head_received(self) {
+        let _ = self.watch.deadline.compare_exchange(
+            self.deadline,
+            self.deadline | BODY,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
+        // Unless the head arrived (the deadline is then marked `BODY`): no deadline left.
         let _ = self.watch.deadline.compare_exchange(
             self.deadline,
             IDLE,
@@ -413,7 +470,7 @@ mod tests {
     async fn a_watch_with_an_unaddable_timeout_keeps_running_when_its_timer_fires_idle() {
         let watch = Arc::new(Watch::new(Duration::MAX));
         let keeper = watch.clone();
-        let task = tokio::spawn(async move { match keeper.keep().await {} });
+        let task = tokio::spawn(async move { keeper.keep().await });
         tokio::time::sleep(Duration::from_secs(31 * 365 * 86_400)).await;
         tokio::task::yield_now().await;
         assert!(!task.is_finished(), "{:?}", task.await);

@@ -10,14 +10,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use palisade_ratelimit::RateLimiter;
+use palisade_ratelimit::{RateLimited, RateLimiter};
+use palisade_shutdown::ShuttingDown;
 use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
@@ -34,6 +37,11 @@ pub(crate) struct GateState {
     /// Longest hold honoured from one response.
     cap: Duration,
     holds: AtomicU64,
+    /// Set when the client's shutdown deadline has passed: requests still waiting for a
+    /// hold, a rate-limit turn or a retry's backoff are failed with `ShuttingDown`.
+    cut: AtomicBool,
+    /// Wakes the waits that watch `cut`.
+    cut_notify: Arc<Notify>,
 }
 
 impl GateState {
@@ -44,6 +52,31 @@ impl GateState {
             limiter,
             cap,
             holds: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+            cut_notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The shutdown deadline has passed: fail every request of this origin still waiting to
+    /// be sent (a hold, a rate-limit turn, a retry's backoff).
+    pub(crate) fn cut_off(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.cut_notify.notify_waiters();
+        // Wakes the rate limiter's queue: each waiter is polled again, through `HoldWait`,
+        // which refuses it (the quota is unchanged).
+        self.limiter.set_quota(self.limiter.quota());
+    }
+
+    /// Whether [`cut_off`](Self::cut_off) happened.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`cut_off`](Self::cut_off) has happened.
+    pub(crate) fn cut_wait(self: &Arc<Self>) -> CutWait {
+        CutWait {
+            state: self.clone(),
+            notified: Box::pin(self.cut_notify.clone().notified_owned()),
         }
     }
 
@@ -69,7 +102,11 @@ impl GateState {
 
     fn hold(&self, delay: Duration) {
         let delay = delay.min(self.cap);
-        let until = Instant::now() + delay;
+        let now = Instant::now();
+        // The builder bounds the cap; saturate anyway rather than panic on a far instant.
+        let until = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         let at = self.nanos(until);
         let prev = self.not_before.fetch_max(at, Ordering::AcqRel);
         if prev < at {
@@ -97,18 +134,29 @@ impl GateState {
 /// nothing does.
 fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
     let v = res.headers().get("ratelimit")?.to_str().ok()?;
-    let mut remaining = None;
-    let mut reset = None;
-    for param in v.split(';').skip(1) {
-        let (k, val) = param.trim().split_once('=')?;
-        match k {
-            "r" => remaining = val.parse::<u64>().ok(),
-            "t" => reset = val.parse::<u64>().ok(),
-            _ => {}
-        }
-    }
-    let (remaining, reset) = (remaining?, reset?);
-    (remaining == 0 && reset > 0).then(|| Duration::from_secs(reset))
+    // A list of policies (`"hourly";r=0;t=10, "daily";r=50;t=1000`): hold for the longest
+    // reset among those with nothing remaining. A parameter without a value is skipped.
+    v.split(',')
+        .filter_map(|item| {
+            let mut remaining = None;
+            let mut reset = None;
+            for param in item.split(';').skip(1) {
+                let Some((k, val)) = param.trim().split_once('=') else {
+                    continue;
+                };
+                match k.trim() {
+                    "r" => remaining = val.trim().parse::<u64>().ok(),
+                    "t" => reset = val.trim().parse::<u64>().ok(),
+                    _ => {}
+                }
+            }
+            match (remaining, reset) {
+                (Some(0), Some(t)) if t > 0 => Some(t),
+                _ => None,
+            }
+        })
+        .max()
+        .map(Duration::from_secs)
 }
 
 /// The gate as a service around the pool.
@@ -255,13 +303,42 @@ impl fmt::Display for Held {
 
 impl std::error::Error for Held {}
 
+/// Resolves once the origin's requests are cut off at the shutdown deadline.
+pub(crate) struct CutWait {
+    state: Arc<GateState>,
+    notified: Pin<Box<OwnedNotified>>,
+}
+
+impl fmt::Debug for CutWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CutWait").finish_non_exhaustive()
+    }
+}
+
+impl Future for CutWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read: a cut between the two still wakes this.
+        self.notified.as_mut().enable();
+        if self.state.is_cut() {
+            return Poll::Ready(());
+        }
+        self.notified.as_mut().poll(cx)
+    }
+}
+
 /// Waits out a hold in `poll_ready`, before the layers below take anything — above all before
 /// the breaker hands out a probe ticket, which a long hold would otherwise make look hung.
 #[derive(Debug)]
 pub(crate) struct HoldWait<S> {
     inner: S,
     state: Arc<GateState>,
+    /// The client's `max_rate_wait`: a hold ending further away than this refuses at once.
+    max_wait: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Made while a hold is waited out: ends the wait at the shutdown deadline.
+    cut: Option<CutWait>,
 }
 
 impl<S: Clone> Clone for HoldWait<S> {
@@ -269,17 +346,21 @@ impl<S: Clone> Clone for HoldWait<S> {
         HoldWait {
             inner: self.inner.clone(),
             state: self.state.clone(),
+            max_wait: self.max_wait,
             sleep: None,
+            cut: None,
         }
     }
 }
 
 impl<S> HoldWait<S> {
-    pub(crate) fn new(inner: S, state: Arc<GateState>) -> Self {
+    pub(crate) fn new(inner: S, state: Arc<GateState>, max_wait: Option<Duration>) -> Self {
         HoldWait {
             inner,
             state,
+            max_wait,
             sleep: None,
+            cut: None,
         }
     }
 }
@@ -287,17 +368,40 @@ impl<S> HoldWait<S> {
 impl<S, R> Service<R> for HoldWait<S>
 where
     S: Service<R>,
+    S::Error: From<RateLimited> + From<ShuttingDown>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if self.state.is_cut() {
+            self.sleep = None;
+            self.cut = None;
+            return Poll::Ready(Err(ShuttingDown::default().into()));
+        }
         while let Some(until) = self.state.hold_until() {
+            if let Some(max) = self.max_wait {
+                // As the rate limiter does with its own turn: a wait longer than `max_wait`
+                // is refused at once, with the time it would have taken.
+                let left = until.saturating_duration_since(Instant::now());
+                if left > max {
+                    self.sleep = None;
+                    let quota = self.state.limiter.quota();
+                    return Poll::Ready(Err(RateLimited::new(left, quota).into()));
+                }
+            }
             match &mut self.sleep {
                 Some(sleep) if sleep.deadline() == until => {}
                 Some(sleep) => sleep.as_mut().reset(until),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
+            // A hold outlasting the client's shutdown deadline is cut off with it.
+            let cut = self.cut.get_or_insert_with(|| self.state.cut_wait());
+            if Pin::new(cut).poll(cx).is_ready() {
+                self.sleep = None;
+                self.cut = None;
+                return Poll::Ready(Err(ShuttingDown::default().into()));
             }
             let sleep = self.sleep.as_mut().expect("set above");
             if sleep.as_mut().poll(cx).is_pending() {
@@ -305,6 +409,7 @@ where
             }
         }
         self.sleep = None;
+        self.cut = None;
         self.inner.poll_ready(cx)
     }
 

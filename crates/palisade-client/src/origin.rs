@@ -36,18 +36,27 @@ impl Origin {
         };
         let authority = uri.authority()?;
         let text = authority.as_str();
+        let rest = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+        let host = authority.host();
+        let port = authority.port_u16();
+        // The port as written: nothing, or `:` and its digits. One spelling per port: none for
+        // the default (or an empty `h:`), else the plain decimal (not `08080`).
+        let digits = rest.get(host.len()..).and_then(|p| p.strip_prefix(':'));
+        let port_plain = match (port, digits) {
+            (None, None) => true,
+            (Some(p), Some(d)) => p != default_port && (d == "0" || !d.starts_with('0')),
+            _ => false,
+        };
         // Credentials in the URL are not part of the origin: they would end up in the `Host`
         // header of every request on its connections, and in logs.
-        let plain = !text.bytes().any(|b| b == b'@' || b.is_ascii_uppercase())
-            && authority.port_u16() != Some(default_port);
+        let plain = port_plain && !text.bytes().any(|b| b == b'@' || b.is_ascii_uppercase());
         let authority = if plain {
             authority.clone()
         } else {
-            let rest = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
-            let mut respelled = rest.to_ascii_lowercase();
-            if authority.port_u16() == Some(default_port) {
-                let cut = respelled.rfind(':').expect("a port follows a colon");
-                respelled.truncate(cut);
+            let mut respelled = host.to_ascii_lowercase();
+            if let Some(p) = port.filter(|&p| p != default_port) {
+                respelled.push(':');
+                respelled.push_str(&p.to_string());
             }
             respelled.parse().ok()?
         };

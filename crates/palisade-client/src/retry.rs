@@ -15,8 +15,11 @@
 //! retry the budget cannot pay for: after the budget's floor, at most `ratio` retries per
 //! request on average, so an outage costs the upstream at most (1 + ratio) × the requests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -29,6 +32,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 
 use crate::error::{BoxError, ConnectError, Error, RequestNotSent};
+use crate::gate::{CutWait, GateState};
 use crate::Body;
 
 /// Marks a request as safe to send twice (put it in the request's extensions), for a method
@@ -137,6 +141,8 @@ impl Retries {
 #[derive(Debug)]
 pub(crate) struct RetryShared {
     settings: Retries,
+    /// The origin's gate: a backoff ends early when the client's shutdown deadline passes.
+    gate: Arc<GateState>,
     budget: TpsBudget,
     retries: AtomicU64,
     refused_by_budget: AtomicU64,
@@ -144,11 +150,12 @@ pub(crate) struct RetryShared {
 }
 
 impl RetryShared {
-    pub(crate) fn new(settings: Retries) -> Self {
+    pub(crate) fn new(settings: Retries, gate: Arc<GateState>) -> Self {
         // `check` has kept the arguments inside TpsBudget's asserted ranges.
         let budget = TpsBudget::new(settings.window, settings.min_per_sec, settings.ratio);
         RetryShared {
             settings,
+            gate,
             budget,
             retries: AtomicU64::new(0),
             refused_by_budget: AtomicU64::new(0),
@@ -308,14 +315,36 @@ fn verdict<B>(req: &Request<Body>, result: &Result<Response<B>, BoxError>, s: &R
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A retry's backoff: its delay, or the client's shutdown deadline, whichever comes first
+    /// (the retry is then refused by the stack below).
+    pub(crate) struct Backoff {
+        #[pin]
+        sleep: Sleep,
+        cut: CutWait,
+    }
+}
+
+impl Future for Backoff {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if Pin::new(this.cut).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.sleep.poll(cx)
+    }
+}
+
 impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
-    type Future = Sleep;
+    type Future = Backoff;
 
     fn retry(
         &mut self,
         req: &mut Request<Body>,
         result: &mut Result<Response<B>, BoxError>,
-    ) -> Option<Sleep> {
+    ) -> Option<Backoff> {
         let shared = self.shared.as_ref()?;
         let refused_here = match result {
             Ok(_) => false,
@@ -374,7 +403,10 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
         });
         shared.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(uri = %req.uri(), attempt = self.attempt, ?delay, "retrying");
-        Some(tokio::time::sleep(delay))
+        Some(Backoff {
+            sleep: tokio::time::sleep(delay),
+            cut: shared.gate.cut_wait(),
+        })
     }
 
     fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
