@@ -51,7 +51,8 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// # Memory policy
 ///
 /// When a new key finds `max_keys` breakers already kept, breakers that are *clean* — closed,
-/// with no failure or slow call in their window — and idle for `idle` are forgotten, and if
+/// with no failure or slow call in their window, no run of consecutive failures counting, and
+/// no call in flight — and idle for `idle` are forgotten, and if
 /// that frees nothing, the least recently used clean one. A breaker that is open, half-open,
 /// forced, or holds failures is never forgotten: forgetting it would hand a failing host a fresh
 /// breaker. So the bound can be exceeded only by breakers that carry failure state; while it
@@ -157,9 +158,16 @@ impl<K: Hash + Eq + Clone> KeyedBreakers<K> {
 
     fn evict(&self, now: u64) {
         let idle = u64::try_from(self.shared.idle.as_nanos()).unwrap_or(u64::MAX);
+        // Clean: closed, nothing bad in the window, no run of failures still counting, and no
+        // call in flight (each holds a clone of the breaker: its outcome must not land in a
+        // forgotten one while the host starts afresh).
         let clean = |e: &Entry| {
             let c = e.breaker.counts();
-            e.breaker.state() == State::Closed && c.failures == 0 && c.slow == 0
+            e.breaker.state() == State::Closed
+                && c.failures == 0
+                && c.slow == 0
+                && e.breaker.consecutive_failures() == 0
+                && Arc::strong_count(&e.breaker.core) == 1
         };
         let before = self.shared.map.len();
         self.shared.map.retain(|_, e| {
@@ -370,7 +378,10 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let breaker = self.breakers.get(&self.keyer.key(&req));
         match breaker.admit() {
-            Ticket::Rejected(retry_after) => ResponseFuture::refused(CircuitOpen::new(retry_after)),
+            Ticket::Rejected(retry_after) => {
+                breaker.count_rejected();
+                ResponseFuture::refused(CircuitOpen::new(retry_after))
+            }
             Ticket::Pass => ResponseFuture::called(self.inner.call(req), None),
             ticket => {
                 let guard = Guard::new(breaker, ticket, self.classifier.clone());

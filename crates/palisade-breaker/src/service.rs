@@ -112,6 +112,7 @@ where
             .expect("CircuitBreaker: poll_ready must return Ready before call");
         match ticket {
             Ticket::Rejected(retry_after) => {
+                self.gate.breaker.count_rejected();
                 tracing::debug!(?retry_after, "circuit breaker: request refused");
                 ResponseFuture::refused(CircuitOpen::new(retry_after))
             }

@@ -319,6 +319,11 @@ impl Breaker {
         self.core.admit()
     }
 
+    /// One call was refused (its `Rejected` ticket used).
+    pub(crate) fn count_rejected(&self) {
+        self.core.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
         self.core.config.slow.is_some()
@@ -391,7 +396,9 @@ impl Core {
                         let older = (next as u32).wrapping_sub(hg as u32) as i32 > 0;
                         older.then(|| pack_half(next, 0, 0))
                     });
-                    self.transition(s, HALF_OPEN, now, None);
+                    if let Some(t) = self.transition(s, HALF_OPEN, now, None) {
+                        self.announce(&t);
+                    }
                 }
                 _ /* HALF_OPEN */ => {
                     if self.take_probe(generation) {
@@ -417,7 +424,8 @@ impl Core {
     }
 
     fn reject(&self, retry_after: Option<Duration>) -> Ticket {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        // Counted where the refusal is delivered (`count_rejected`), not here: a service
+        // polled again while open decides again, and each decision is not a refused call.
         Ticket::Rejected(retry_after)
     }
 
@@ -593,9 +601,10 @@ impl Core {
         let floor = self.retry_until.load(Ordering::Acquire).saturating_sub(now);
         d = d.max(floor).min(cap);
         // Only the winner of the transition writes the duration (see `stamp`).
-        if self.transition(from, OPEN, now, Some(now.saturating_add(d))) {
+        if let Some(t) = self.transition(from, OPEN, now, Some(now.saturating_add(d))) {
             self.openings.fetch_add(1, Ordering::AcqRel);
             tracing::warn!(open_for = ?Duration::from_nanos(d), openings = k + 1, "circuit breaker opened");
+            self.announce(&t);
         }
     }
 
@@ -605,8 +614,9 @@ impl Core {
         // meet the outcomes that opened it (one failure would reopen it at once).
         self.window.0.reset();
         self.consecutive.store(0, Ordering::Release);
-        if self.transition(from, CLOSED, self.now(), None) {
+        if let Some(t) = self.transition(from, CLOSED, self.now(), None) {
             self.openings.store(0, Ordering::Release);
+            self.announce(&t);
         }
     }
 
@@ -619,17 +629,25 @@ impl Core {
                 self.openings.store(0, Ordering::Release);
                 self.retry_until.store(0, Ordering::Release);
             }
-            if self.transition(s, code, self.now(), None) {
+            if let Some(t) = self.transition(s, code, self.now(), None) {
+                self.announce(&t);
                 return;
             }
             s = self.state.0.load(Ordering::Acquire);
         }
     }
 
-    /// Moves from the exact state word `from` to `code` in the next generation; false if
+    /// Moves from the exact state word `from` to `code` in the next generation; `None` if
     /// another thread moved first. The winner then writes when the state began (and, when
-    /// opening, until when) and stamps them with the new generation.
-    fn transition(&self, from: u64, code: u64, now: u64, open_until: Option<u64>) -> bool {
+    /// opening, until when) and stamps them with the new generation; the caller finishes its
+    /// own bookkeeping, then [`announce`](Self::announce)s the transition.
+    fn transition(
+        &self,
+        from: u64,
+        code: u64,
+        now: u64,
+        open_until: Option<u64>,
+    ) -> Option<Transition> {
         let to = pack((from >> 3) + 1, code);
         if self
             .state
@@ -637,7 +655,7 @@ impl Core {
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return false;
+            return None;
         }
         #[cfg(all(test, not(palisade_loom)))]
         {
@@ -663,10 +681,18 @@ impl Core {
             generation: to >> 3,
         };
         tracing::info!(from = %t.from, to = %t.to, generation = t.generation, "circuit breaker transition");
+        Some(t)
+    }
+
+    /// Tells the listener, once the transition's bookkeeping is done. A listener that panics
+    /// is reported and does not unwind into the request whose outcome moved the breaker.
+    fn announce(&self, t: &Transition) {
         if let Some(listener) = &self.listener {
-            listener(&t);
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(t)));
+            if called.is_err() {
+                tracing::error!(from = %t.from, to = %t.to, "circuit breaker listener panicked");
+            }
         }
-        true
     }
 }
 

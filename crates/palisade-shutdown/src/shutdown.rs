@@ -76,6 +76,8 @@ struct Inner {
     connections_cut: AtomicU64,
     tasks_completed: AtomicU64,
     tasks_cut: AtomicU64,
+    /// Workers spawned and not yet ended (counted from before they are spawned).
+    workers: AtomicUsize,
 }
 
 /// Why the drain was cut short.
@@ -104,11 +106,12 @@ pub struct DrainReport {
     pub requests_refused: u64,
     /// Connections that closed during the drain (gracefully, or by the client).
     pub connections_closed: u64,
-    /// Connections cut at the force.
+    /// Connections cut at the force, or still open at the report.
     pub connections_cut_off: u64,
     /// Tracked tasks that finished during the drain.
     pub tasks_completed: u64,
-    /// Tracked tasks dropped at the force.
+    /// Tracked tasks dropped at the force, or still running at the report (blocked where the
+    /// force cannot reach them).
     pub tasks_cut_off: u64,
 }
 
@@ -170,6 +173,7 @@ impl Shutdown {
                 connections_cut: AtomicU64::new(0),
                 tasks_completed: AtomicU64::new(0),
                 tasks_cut: AtomicU64::new(0),
+                workers: AtomicUsize::new(0),
             }),
         }
     }
@@ -191,7 +195,14 @@ impl Shutdown {
                 "already listening for shutdown signals",
             ));
         }
-        let mut signals = Signals::new()?;
+        let mut signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                // Not listening after all: a later call may try again.
+                self.inner.listening.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let this = self.clone();
         Ok(tokio::spawn(async move {
             let name = signals.recv().await;
@@ -273,6 +284,7 @@ impl Shutdown {
         }
         impl Drop for Counted {
             fn drop(&mut self) {
+                self.shutdown.inner.workers.fetch_sub(1, Ordering::SeqCst);
                 if self.shutdown.is_triggered() {
                     let inner = &self.shutdown.inner;
                     let counter = if self.finished {
@@ -286,11 +298,15 @@ impl Shutdown {
         }
         let fut = work(self.token());
         let this = self.clone();
+        // Counted from before the spawn, and owned by the task's future: a task never polled
+        // (its runtime shutting down) is counted out when that future is dropped.
+        self.inner.workers.fetch_add(1, Ordering::SeqCst);
+        let counted = Counted {
+            shutdown: this.clone(),
+            finished: false,
+        };
         self.inner.tracker.spawn(async move {
-            let mut counted = Counted {
-                shutdown: this.clone(),
-                finished: false,
-            };
+            let mut counted = counted;
             tokio::select! {
                 // Work that finishes just as the force comes has finished.
                 biased;
@@ -436,9 +452,14 @@ impl Shutdown {
             requests_cut_off: cut + inner.requests.in_flight() as u64,
             requests_refused: refused,
             connections_closed: inner.connections_closed.load(Ordering::Relaxed),
-            connections_cut_off: inner.connections_cut.load(Ordering::Relaxed),
+            // Likewise connections whose task has not ended (a handler blocking it).
+            connections_cut_off: inner.connections_cut.load(Ordering::Relaxed)
+                + inner.connections.load(Ordering::SeqCst) as u64,
             tasks_completed: inner.tasks_completed.load(Ordering::Relaxed),
-            tasks_cut_off: inner.tasks_cut.load(Ordering::Relaxed),
+            // As for requests: workers still running after the force's grace (blocked, not
+            // reaching an `.await`) are cut off — the process is about to end under them.
+            tasks_cut_off: inner.tasks_cut.load(Ordering::Relaxed)
+                + inner.workers.load(Ordering::SeqCst) as u64,
         };
         tracing::info!(%report, "shutdown complete");
         report

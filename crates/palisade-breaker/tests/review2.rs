@@ -1,0 +1,205 @@
+//! Regressions from a second bug-hunting review: keyed eviction of a breaker with a call in
+//! flight or a run of failures counting, a panicking listener leaving the backoff wrong, and
+//! `rejected()` counting polls instead of refused calls.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use palisade_breaker::{
+    BoxError, Breaker, CircuitBreakerLayer, CircuitOpen, Config, KeyedBreakers,
+    KeyedCircuitBreakerLayer, State, Transition,
+};
+use tokio::sync::Notify;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+fn noop_waker() -> Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    Waker::from(Arc::new(Noop))
+}
+
+fn quick_open() -> palisade_breaker::ConfigBuilder {
+    Config::builder()
+        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(8))
+        .jitter(0)
+}
+
+fn flaky(breaker: &Breaker) -> tower::util::BoxCloneService<bool, (), BoxError> {
+    tower::util::BoxCloneService::new(CircuitBreakerLayer::from_breaker(breaker.clone()).layer(
+        service_fn(|ok: bool| async move {
+            if ok {
+                Ok(())
+            } else {
+                Err("upstream failed")
+            }
+        }),
+    ))
+}
+
+/// Keyed: a clean breaker with a call in flight is evicted (LRU) by a new key; the call's
+/// failure then lands in the forgotten breaker, and the host gets a fresh one: the failure is
+/// lost and the next request goes through although consecutive_failures(1) should have opened it.
+#[tokio::test(start_paused = true)]
+async fn keyed_eviction_of_a_breaker_with_a_call_in_flight_loses_its_outcome() {
+    let config = quick_open()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let breakers: KeyedBreakers<&'static str> =
+        KeyedBreakers::with_limits(config, 1, Duration::from_secs(300));
+    let release = Arc::new(Notify::new());
+    let layer = KeyedCircuitBreakerLayer::from_breakers(breakers.clone(), |r: &&'static str| *r);
+    let svc = layer.layer(service_fn({
+        let release = release.clone();
+        move |host: &'static str| {
+            let release = release.clone();
+            async move {
+                if host == "slow.example" {
+                    release.notified().await;
+                    Err::<(), &str>("upstream failed")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }));
+    // A call to the slow host, in flight.
+    let in_flight = tokio::spawn(svc.clone().oneshot("slow.example"));
+    tokio::task::yield_now().await;
+    // Another host arrives: the table is full (max_keys 1), the slow host's breaker is clean
+    // (nothing recorded yet) and is the least recently used.
+    svc.clone().oneshot("other.example").await.unwrap();
+    // The slow call fails.
+    release.notify_waiters();
+    assert!(in_flight.await.unwrap().is_err());
+    // consecutive_failures(1): the slow host's breaker should now be open.
+    let state = breakers.peek(&"slow.example").map(|b| b.state());
+    let next = svc.clone().oneshot("slow.example");
+    let mut next = tokio_test::task::spawn(next);
+    let polled = next.poll();
+    let refused = matches!(&polled, Poll::Ready(Err(e)) if e.is::<CircuitOpen>());
+    assert!(
+        refused,
+        "the failure of a call in flight was lost with its evicted breaker (breaker now: {state:?}); \
+         the next request was not refused"
+    );
+}
+
+/// Keyed: with a time window, a breaker whose window has slid past its failure is "clean" and
+/// is evicted, taking its run of consecutive failures with it: a host failing on every call
+/// never opens under key churn.
+#[tokio::test(start_paused = true)]
+async fn keyed_eviction_forgets_a_run_of_consecutive_failures() {
+    let config = quick_open()
+        .no_failure_rate()
+        .consecutive_failures(2)
+        .time_window(Duration::from_secs(1), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let breakers: KeyedBreakers<&'static str> =
+        KeyedBreakers::with_limits(config, 1, Duration::from_secs(300));
+    let layer = KeyedCircuitBreakerLayer::from_breakers(breakers.clone(), |r: &&'static str| *r);
+    let svc = layer.layer(service_fn(|host: &'static str| async move {
+        if host == "down.example" {
+            Err::<(), &str>("upstream failed")
+        } else {
+            Ok(())
+        }
+    }));
+    let _ = svc.clone().oneshot("down.example").await;
+    assert_eq!(
+        breakers
+            .peek(&"down.example")
+            .unwrap()
+            .consecutive_failures(),
+        1
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    svc.clone().oneshot("other.example").await.unwrap();
+    let _ = svc.clone().oneshot("down.example").await;
+    let b = breakers.peek(&"down.example").unwrap();
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "2 failures in a row with consecutive_failures(2); the first was forgotten with its \
+         evicted breaker (consecutive now {})",
+        b.consecutive_failures()
+    );
+}
+
+/// A listener that panics (once) on closing: `close()` never reaches `openings.store(0)`, so
+/// the backoff is not reset and the next opening lasts twice the base.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_listener_does_not_corrupt_the_backoff() {
+    let armed = Arc::new(AtomicBool::new(true));
+    let breaker = {
+        let armed = armed.clone();
+        Breaker::with_listener(
+            quick_open().consecutive_failures(1).build().unwrap(),
+            move |t: &Transition| {
+                if t.to == State::Closed && armed.swap(false, Ordering::SeqCst) {
+                    panic!("listener bug");
+                }
+            },
+        )
+    };
+    let mut svc = flaky(&breaker);
+    let _ = svc.ready().await.unwrap().call(false).await;
+    assert_eq!(breaker.open_remaining(), Some(Duration::from_secs(1)));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The probe succeeds; the listener panics on the close (the request's task dies).
+    let probe = tokio::spawn({
+        let mut svc = svc.clone();
+        async move { svc.ready().await.unwrap().call(true).await }
+    });
+    let _ = probe.await; // the request's task may die with the listener's panic
+    assert_eq!(breaker.state(), State::Closed);
+    // Trip it again: a first opening after closing should last the base, 1 s.
+    let _ = svc.ready().await.unwrap().call(false).await;
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(
+        breaker.open_remaining(),
+        Some(Duration::from_secs(1)),
+        "the backoff was not reset by the close whose listener panicked"
+    );
+}
+
+/// Inner service that is never ready.
+#[derive(Clone)]
+struct NeverReady;
+impl Service<bool> for NeverReady {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Pending
+    }
+    fn call(&mut self, _: bool) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// `rejected()` — "how many calls were refused" — counts every poll_ready of an open
+/// breaker: one refused call polled three times counts three.
+#[tokio::test(start_paused = true)]
+async fn rejected_counts_refused_calls_not_polls() {
+    let breaker = Breaker::new(quick_open().consecutive_failures(1).build().unwrap());
+    let mut svc = flaky(&breaker);
+    let _ = svc.ready().await.unwrap().call(false).await;
+    assert_eq!(breaker.state(), State::Open);
+    let mut svc = CircuitBreakerLayer::from_breaker(breaker.clone()).layer(NeverReady);
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..3 {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+    }
+    let err = svc.call(true).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(breaker.rejected(), 1, "one call was refused");
+}
