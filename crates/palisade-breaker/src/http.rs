@@ -78,7 +78,13 @@ impl Default for HttpClassifier {
 /// The delay of a `Retry-After` header: delay-seconds, or an HTTP-date (zero once it has
 /// passed). `None` when absent or unreadable.
 pub fn retry_after<B>(res: &Response<B>) -> Option<Duration> {
-    let v = res.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(res.headers().get(RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// The delay of a `Retry-After` value: delay-seconds, or an HTTP-date (zero once it has
+/// passed). `None` when unreadable.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
     // delay-seconds = 1*DIGIT; a value too large for u64 is "very long" (held to the cap).
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));

@@ -42,6 +42,18 @@ pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A count of connections or requests in flight: at most 100,000 (tokio's semaphore, and any
+/// machine's sockets, end well before `usize::MAX`).
+pub(crate) fn count(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a whole number: {e}"))?;
+    if n > 100_000 {
+        return Err(format!("{s:?} is more than 100,000"));
+    }
+    Ok(n)
+}
+
 /// A rate such as `100/min`, `10/s`, `5000/h`, `3/250ms`.
 pub(crate) fn rate(s: &str) -> Result<Quota, String> {
     s.parse::<Quota>().map_err(|e| format!("{s:?}: {e}"))
@@ -118,6 +130,8 @@ pub(crate) fn template(s: &str) -> Result<String, String> {
 pub(crate) fn ids_from_file(path: &Path) -> Result<(Vec<String>, usize), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read ids from {}: {e}", path.display()))?;
+    // A byte-order mark (some editors write one) is not part of the first id.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut seen = std::collections::HashSet::new();
     let mut ids = Vec::new();
     let mut repeats = 0;

@@ -15,8 +15,8 @@ use crate::runner::{self, Job, Options};
 /// Flags of `palisade demo`. The defaults finish in well under 30 seconds.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
-    /// How many requests (to /api/item/0 .. /api/item/N-1).
-    #[arg(long, default_value_t = 1000)]
+    /// How many requests (to /api/item/0 .. /api/item/N-1), at most 10,000,000.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub(crate) requests: u64,
     /// The client's rate per origin.
     #[arg(long, default_value = "95/s", value_parser = args::rate)]
@@ -40,13 +40,13 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "25ms", value_parser = args::duration)]
     pub(crate) latency_max: Duration,
     /// How many connection resets the upstream injects, spread over the run.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub(crate) resets: u64,
-    /// Maximum connections to the upstream.
-    #[arg(long, default_value_t = 8)]
+    /// Maximum connections to the upstream (at most 100,000).
+    #[arg(long, default_value_t = 8, value_parser = args::count)]
     pub(crate) max_connections: usize,
-    /// Requests in flight at once (each waits for its rate-limit turn).
-    #[arg(long, default_value_t = 16)]
+    /// Requests in flight at once (each waits for its rate-limit turn; at most 100,000).
+    #[arg(long, default_value_t = 16, value_parser = args::count)]
     pub(crate) concurrency: usize,
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
@@ -83,7 +83,7 @@ pub(crate) async fn run(a: DemoArgs, stop: CancellationToken) -> Result<i32, Str
         upstream = upstream.outage(Outage::time(a.outage_start..end).status(503));
     }
     if a.resets > 0 {
-        let step = (a.requests / (a.resets + 1)).max(1);
+        let step = (a.requests / a.resets.saturating_add(1)).max(1);
         upstream = upstream.reset_requests((1..=a.resets).map(|k| k * step));
     }
     let upstream = upstream
@@ -196,7 +196,13 @@ pub(crate) async fn run(a: DemoArgs, stop: CancellationToken) -> Result<i32, Str
     );
     println!("shutdown:  {shutdown}");
     upstream.shutdown().await;
-    if lost > 0 || sent_twice > 0 {
+    // As `fetch`: 0 only when every item ended 2xx (and nothing was lost or sent twice).
+    let all_ok = result.outcomes.len() as u64 == a.requests
+        && result
+            .outcomes
+            .values()
+            .all(|o| matches!(o, runner::Outcome::Status(200..=299)));
+    if lost > 0 || sent_twice > 0 || !all_ok {
         return Ok(1);
     }
     Ok(0)

@@ -33,11 +33,12 @@ pub(crate) struct FetchArgs {
     /// How many requests may go at once after a quiet spell.
     #[arg(long, default_value_t = 1)]
     pub(crate) burst: u32,
-    /// Maximum connections to the API.
-    #[arg(long, default_value_t = 10)]
+    /// Maximum connections to the API (at most 100,000).
+    #[arg(long, default_value_t = 10, value_parser = args::count)]
     pub(crate) max_connections: usize,
-    /// Requests in flight at once (default: --max-connections, so that each has a connection).
-    #[arg(long)]
+    /// Requests in flight at once (default: --max-connections, so that each has a connection;
+    /// at most 100,000).
+    #[arg(long, value_parser = args::count)]
     pub(crate) concurrency: Option<usize>,
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = args::positive_duration)]
@@ -177,6 +178,17 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
         }
         (None, None) => unreachable!("clap requires one"),
     };
+    // Every URL is checked before anything is sent: an id that cannot be in a URL is bad
+    // input (exit 2), not a failed item.
+    if let Some(bad) = ids
+        .iter()
+        .find(|id| a.template.replace("{id}", id).parse::<http::Uri>().is_err())
+    {
+        return Err(format!(
+            "id {bad:?} does not make a valid URL with {:?}",
+            a.template
+        ));
+    }
     let breaker = palisade_breaker::Config::builder()
         .count_window(a.breaker_window)
         .minimum_calls(a.breaker_window.div_ceil(2))

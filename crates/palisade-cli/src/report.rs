@@ -155,10 +155,12 @@ pub(crate) fn render(
     if result.stopped {
         let _ = writeln!(
             s,
-            "stopped:   {} finished, {} never started, {} cut off at the drain deadline",
+            "stopped:   {} finished, {} never started, {} cut off at the drain deadline, {} \
+             waiting for a retry",
             result.outcomes.len(),
             result.not_started,
-            result.cut_off
+            result.cut_off,
+            result.waiting_retry
         );
     }
     if result.write_errors > 0 {

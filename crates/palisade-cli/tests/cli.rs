@@ -74,7 +74,8 @@ impl Run {
     }
 
     /// The numbers of the report's `stopped:` line: finished, never started, cut off.
-    fn stopped(&self) -> (usize, usize, usize) {
+    /// (finished, never started, cut off, waiting for a retry).
+    fn stopped(&self) -> (usize, usize, usize, usize) {
         let line = self
             .stderr
             .lines()
@@ -86,8 +87,9 @@ impl Run {
             ("finished,", "never", "cut"),
             "{line}"
         );
+        assert_eq!(words[14], "waiting", "{line}");
         let n = |i: usize| words[i].parse::<usize>().expect(line);
-        (n(1), n(3), n(6))
+        (n(1), n(3), n(6), n(13))
     }
 }
 
@@ -467,9 +469,9 @@ async fn stop_then_resume(name: &str, sig: &str, code: i32) {
         stopped.stderr
     );
     assert!(stopped.stderr.contains("stopping:"), "{}", stopped.stderr);
-    let (finished, not_started, cut_off) = stopped.stopped();
+    let (finished, not_started, cut_off, waiting) = stopped.stopped();
     assert_eq!(
-        finished + not_started + cut_off,
+        finished + not_started + cut_off + waiting,
         total,
         "{}",
         stopped.stderr
@@ -563,7 +565,7 @@ async fn after_a_stop_no_new_request_is_sent() {
     signal(&child, "INT");
     let stopped = finish(child).await;
     stopped.expect_code(130);
-    assert_eq!(stopped.stopped(), (3, 97, 0), "{}", stopped.stderr);
+    assert_eq!(stopped.stopped(), (3, 97, 0, 0), "{}", stopped.stderr);
     assert_eq!(upstream.requests_received(), 3);
     let written = lines(&out);
     assert_eq!(unique_ids(&written), id_range(1, 3));
@@ -604,7 +606,7 @@ async fn a_stop_after_the_last_launch_is_bounded_by_the_drain_timeout() {
     signal(&child, "INT");
     let stopped = finish(child).await;
     stopped.expect_code(130);
-    assert_eq!(stopped.stopped(), (0, 0, 3), "{}", stopped.stderr);
+    assert_eq!(stopped.stopped(), (0, 0, 3, 0), "{}", stopped.stderr);
     assert!(lines(&out).is_empty());
 }
 
@@ -989,7 +991,7 @@ async fn a_retryable_failure_during_the_drain_is_written_not_rescheduled() {
     signal(&child, "INT");
     let stopped = finish(child).await;
     stopped.expect_code(130);
-    assert_eq!(stopped.stopped(), (3, 0, 0), "{}", stopped.stderr);
+    assert_eq!(stopped.stopped(), (3, 0, 0, 0), "{}", stopped.stderr);
     let written = lines(&out);
     assert_eq!(unique_ids(&written), id_range(1, 3));
     for line in &written {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimited, RateLimiter};
@@ -20,7 +20,8 @@ use crate::script;
 /// Each decision runs a Lua script ([GCRA](crate#the-algorithm) on Redis' own clock) atomically
 /// on the limit's key; a process keeps no state of its own except, in lease mode, a few
 /// tokens taken ahead. Cloning is cheap: every clone is the same limiter, with one connection
-/// (redis-rs' `ConnectionManager`, multiplexed and reconnecting) made on the first decision.
+/// per tokio runtime (redis-rs' `ConnectionManager`, multiplexed and reconnecting) made on the
+/// first decision there.
 ///
 /// Every call to Redis is bounded by the [timeout](Builder::timeout); when Redis errors or is
 /// slower, the [failure policy](FailurePolicy) decides. Decisions need a tokio runtime.
@@ -61,8 +62,11 @@ pub(crate) struct Parts {
 pub(crate) struct Inner {
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
-    /// Made on the first decision: redis-rs spawns its reconnect machinery on the runtime then.
-    manager: OnceLock<Result<ConnectionManager, String>>,
+    /// One per tokio runtime the limiter decides on, made on its first decision there:
+    /// redis-rs spawns its connection's task on that runtime, and the task ends with it. (A
+    /// limiter kept past its first runtime would otherwise talk through a dead task.) The few
+    /// most recent runtimes are kept.
+    managers: std::sync::Mutex<Vec<(tokio::runtime::Id, Result<ConnectionManager, String>)>>,
     acquire: Script,
     reserve: Script,
     refund: Script,
@@ -306,7 +310,7 @@ impl RedisRateLimiter {
             inner: Arc::new(Inner {
                 client: p.client,
                 manager_config,
-                manager: OnceLock::new(),
+                managers: std::sync::Mutex::new(Vec::new()),
                 acquire: Script::new(script::ACQUIRE),
                 reserve: Script::new(script::RESERVE),
                 refund: Script::new(script::REFUND),
@@ -500,6 +504,13 @@ impl RedisRateLimiter {
             };
             match answer {
                 Ok(Ok(Some(Fetched::Granted(spare)))) => {
+                    // A request polled only after its own timeout (its task parked) must not
+                    // spend a token granted back then: the bucket has refilled since, and the
+                    // token would come on top of the bound. It gives up instead, and the
+                    // spare, unclaimed, goes back to the pool or to Redis.
+                    if give_up.is_some_and(|at| Instant::now() > at) {
+                        return inner.on_failure(&Target::Own);
+                    }
                     if spare.claim() {
                         return Outcome::Admitted(Token::Lease);
                     }
@@ -948,14 +959,32 @@ impl Inner {
     }
 
     fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        let manager = self.manager.get_or_init(|| {
-            ConnectionManager::new_lazy_with_config(
-                self.client.clone(),
-                self.manager_config.clone(),
-            )
-            .map_err(|e| e.to_string())
-        });
-        match manager {
+        /// Runtimes whose managers are kept; an older one is dropped (a runtime gone, most
+        /// likely) when another arrives.
+        const KEPT: usize = 4;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| {
+                RedisError::from((redis::ErrorKind::Client, "no tokio runtime", e.to_string()))
+            })?
+            .id();
+        let mut managers = self.managers.lock().unwrap_or_else(|e| e.into_inner());
+        let found = managers.iter().position(|(id, _)| *id == runtime);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if managers.len() >= KEPT {
+                    drop(managers.remove(0));
+                }
+                let made = ConnectionManager::new_lazy_with_config(
+                    self.client.clone(),
+                    self.manager_config.clone(),
+                )
+                .map_err(|e| e.to_string());
+                managers.push((runtime, made));
+                managers.len() - 1
+            }
+        };
+        match &managers[i].1 {
             Ok(m) => Ok(m.clone()),
             Err(e) => Err(RedisError::from((
                 redis::ErrorKind::Client,

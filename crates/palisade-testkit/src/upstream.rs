@@ -465,7 +465,8 @@ impl Shared {
         let id = req
             .headers()
             .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
+            // Any valid UTF-8, as documented (`to_str` takes visible ASCII only).
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::to_owned)
             .unwrap_or_else(|| {
                 req.uri()
