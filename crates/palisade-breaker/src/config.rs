@@ -91,6 +91,11 @@ impl Config {
             config: Config::default(),
         }
     }
+
+    /// The consecutive-failure rule's threshold, if one is set.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        self.consecutive_failures
+    }
 }
 
 /// Builds a [`Config`]; [`build`](ConfigBuilder::build) checks it.

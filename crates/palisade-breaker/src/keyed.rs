@@ -51,8 +51,9 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// # Memory policy
 ///
 /// When a new key finds `max_keys` breakers already kept, breakers that are *clean* — closed,
-/// with no failure or slow call in their window, no run of consecutive failures counting, and
-/// no call in flight — and idle for `idle` are forgotten, and if
+/// with no failure or slow call in their window, no call in flight, and no run of
+/// consecutive failures counting towards that rule (a run idle for `idle` no longer counts) —
+/// and idle for `idle` are forgotten, and if
 /// that frees nothing, the least recently used clean one. A breaker that is open, half-open,
 /// forced, or holds failures is never forgotten: forgetting it would hand a failing host a fresh
 /// breaker. So the bound can be exceeded only by breakers that carry failure state; while it
@@ -158,16 +159,21 @@ impl<K: Hash + Eq + Clone> KeyedBreakers<K> {
 
     fn evict(&self, now: u64) {
         let idle = u64::try_from(self.shared.idle.as_nanos()).unwrap_or(u64::MAX);
-        // Clean: closed, nothing bad in the window, no run of failures still counting, and no
-        // call in flight (each holds a clone of the breaker: its outcome must not land in a
-        // forgotten one while the host starts afresh).
+        // Clean: closed, nothing bad in the window, no call in flight (each holds a clone of
+        // the breaker: its outcome must not land in a forgotten one while the host starts
+        // afresh), and no run of failures still counting towards a consecutive-failure rule —
+        // unless the host has been idle for `idle`: a run that old is let go, or every host
+        // that failed once would be kept for ever.
+        let consecutive_rule = self.shared.config.consecutive_failures().is_some();
         let clean = |e: &Entry| {
             let c = e.breaker.counts();
             e.breaker.state() == State::Closed
                 && c.failures == 0
                 && c.slow == 0
-                && e.breaker.consecutive_failures() == 0
                 && Arc::strong_count(&e.breaker.core) == 1
+                && (!consecutive_rule
+                    || e.breaker.consecutive_failures() == 0
+                    || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= idle)
         };
         let before = self.shared.map.len();
         self.shared.map.retain(|_, e| {

@@ -203,3 +203,32 @@ async fn rejected_counts_refused_calls_not_polls() {
     assert!(err.is::<CircuitOpen>());
     assert_eq!(breaker.rejected(), 1, "one call was refused");
 }
+
+/// From a review of the fix above: requiring no run of consecutive failures kept every host
+/// that failed once (with no consecutive rule at all, the run is never reset), so the keyed
+/// table grew without bound. A run counts only under that rule, and only until it is idle.
+#[tokio::test(start_paused = true)]
+async fn one_old_failure_does_not_pin_a_keyed_breaker_for_ever() {
+    for consecutive in [None, Some(5)] {
+        let mut b = Config::builder().time_window(Duration::from_secs(1), Duration::from_secs(1));
+        if let Some(n) = consecutive {
+            b = b.consecutive_failures(n);
+        }
+        let breakers: KeyedBreakers<String> =
+            KeyedBreakers::with_limits(b.build().unwrap(), 4, Duration::from_secs(1));
+        let layer =
+            KeyedCircuitBreakerLayer::from_breakers(breakers.clone(), |r: &String| r.clone());
+        let svc = layer.layer(service_fn(|_h: String| async {
+            Err::<(), &str>("dns failure")
+        }));
+        for i in 0..100 {
+            let _ = svc.clone().oneshot(format!("dead{i}.example")).await;
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        assert!(
+            breakers.len() <= 5,
+            "{} breakers kept with max_keys 4 (consecutive rule {consecutive:?})",
+            breakers.len()
+        );
+    }
+}

@@ -160,8 +160,11 @@ impl Host {
     fn is_quiet(&self) -> bool {
         Arc::strong_count(&self.gate) <= self.idle_refs
             && self.breaker.state() == palisade_breaker::State::Closed
-            // Failures still counting towards a trip are state a fresh breaker lacks.
-            && self.breaker.consecutive_failures() == 0
+            // Failures still counting towards a trip are state a fresh breaker lacks (a run of
+            // failures only under a consecutive-failure rule: without one it never resets, and
+            // one failure would pin the origin for ever).
+            && (self.breaker.config().consecutive_failures().is_none()
+                || self.breaker.consecutive_failures() == 0)
             && self.breaker.counts().failures == 0
             && self.breaker.counts().slow == 0
             && self.gate.hold_until().is_none()
@@ -255,7 +258,7 @@ impl MakeHost {
                     .with_classifier(StackClassifier(HttpClassifier::server_errors())),
             )
             .layer(rate)
-            .layer_fn(move |s| HostGate::new(s, gate_state.clone()))
+            .layer_fn(move |s| HostGate::new(s, gate_state.clone(), max_rate_wait))
             .service(self.pool.layer(self.connector.clone()));
         let service = match &retry {
             Some(_) => Either::Left(Boxed(

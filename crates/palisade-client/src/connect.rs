@@ -275,10 +275,21 @@ impl Service<Request<Body>> for Connection {
                 Poll::Pending => Poll::Pending,
             })
             .await;
-            match &sent {
-                Some(Ok(_)) => exchange.head_received(),
-                _ => drop(exchange),
-            }
+            let sent = match sent {
+                Some(Ok(res)) => {
+                    if exchange.head_received() {
+                        Some(Ok(res))
+                    } else {
+                        // Past its deadline: dropped (closing the connection), a timeout.
+                        drop(res);
+                        None
+                    }
+                }
+                other => {
+                    drop(exchange);
+                    other
+                }
+            };
             let Some(sent) = sent else {
                 // Dropping hyper's response future makes it close the connection: a hung
                 // exchange's connection is never handed out again.
@@ -434,14 +445,19 @@ impl Exchange {
 }
 
 impl Exchange {
-    /// The response head has arrived: the deadline stays for the body.
-    fn head_received(self) {
-        let _ = self.watch.deadline.compare_exchange(
-            self.deadline,
-            self.deadline | BODY,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+    /// The response head has arrived: the deadline stays for the body. False when the
+    /// deadline had already passed (the connection's task marked it elapsed first): the
+    /// answer came too late, and its body would have no deadline left to keep it.
+    fn head_received(self) -> bool {
+        self.watch
+            .deadline
+            .compare_exchange(
+                self.deadline,
+                self.deadline | BODY,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 }
 

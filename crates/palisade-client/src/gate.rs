@@ -164,11 +164,17 @@ fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
 pub(crate) struct HostGate<S> {
     inner: S,
     state: Arc<GateState>,
+    /// The client's `max_rate_wait`, for a hold met at the connection too.
+    max_wait: Option<Duration>,
 }
 
 impl<S> HostGate<S> {
-    pub(crate) fn new(inner: S, state: Arc<GateState>) -> Self {
-        HostGate { inner, state }
+    pub(crate) fn new(inner: S, state: Arc<GateState>, max_wait: Option<Duration>) -> Self {
+        HostGate {
+            inner,
+            state,
+            max_wait,
+        }
     }
 }
 
@@ -200,6 +206,8 @@ where
             req: Some(req),
             fut: None,
             state: self.state.clone(),
+            max_wait: self.max_wait,
+            cut: None,
         }
     }
 }
@@ -218,6 +226,9 @@ pin_project! {
         #[pin]
         fut: Option<S::Future>,
         state: Arc<GateState>,
+        max_wait: Option<Duration>,
+        // Made while a hold is waited out here: ends the wait at the shutdown deadline.
+        cut: Option<CutWait>,
     }
 }
 
@@ -231,6 +242,15 @@ where
         let mut this = self.project();
         loop {
             if let Some(sleep) = this.sleep.as_mut() {
+                // As `HoldWait` does above: a hold longer than `max_rate_wait` is refused, and
+                // the shutdown deadline ends the wait.
+                if let Some(refusal) = refusal(this.state, *this.max_wait, sleep.deadline()) {
+                    return Poll::Ready(Err(refusal.into_error()));
+                }
+                let cut = this.cut.get_or_insert_with(|| this.state.cut_wait());
+                if Pin::new(cut).poll(cx).is_ready() {
+                    return Poll::Ready(Err(Box::new(ShuttingDown::default())));
+                }
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -339,6 +359,10 @@ pub(crate) struct HoldWait<S> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Made while a hold is waited out: ends the wait at the shutdown deadline.
     cut: Option<CutWait>,
+    /// A refusal decided in `poll_ready`, answered by the `call` that follows (as the rate
+    /// limiter and the breaker do): an error from `poll_ready` itself would bypass tower's
+    /// `Retry` policy, which reports a refused retry of a request already sent.
+    refusal: Option<Refusal>,
 }
 
 impl<S: Clone> Clone for HoldWait<S> {
@@ -349,6 +373,7 @@ impl<S: Clone> Clone for HoldWait<S> {
             max_wait: self.max_wait,
             sleep: None,
             cut: None,
+            refusal: None,
         }
     }
 }
@@ -361,6 +386,7 @@ impl<S> HoldWait<S> {
             max_wait,
             sleep: None,
             cut: None,
+            refusal: None,
         }
     }
 }
@@ -372,24 +398,23 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = HoldFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.refusal = None;
         if self.state.is_cut() {
             self.sleep = None;
             self.cut = None;
-            return Poll::Ready(Err(ShuttingDown::default().into()));
+            self.refusal = Some(Refusal::Cut);
+            return Poll::Ready(Ok(()));
         }
         while let Some(until) = self.state.hold_until() {
-            if let Some(max) = self.max_wait {
-                // As the rate limiter does with its own turn: a wait longer than `max_wait`
-                // is refused at once, with the time it would have taken.
-                let left = until.saturating_duration_since(Instant::now());
-                if left > max {
-                    self.sleep = None;
-                    let quota = self.state.limiter.quota();
-                    return Poll::Ready(Err(RateLimited::new(left, quota).into()));
-                }
+            // As the rate limiter does with its own turn: a wait longer than `max_wait` is
+            // refused at once, with the time it would have taken.
+            if let Some(refusal) = refusal(&self.state, self.max_wait, until) {
+                self.sleep = None;
+                self.refusal = Some(refusal);
+                return Poll::Ready(Ok(()));
             }
             match &mut self.sleep {
                 Some(sleep) if sleep.deadline() == until => {}
@@ -401,7 +426,8 @@ where
             if Pin::new(cut).poll(cx).is_ready() {
                 self.sleep = None;
                 self.cut = None;
-                return Poll::Ready(Err(ShuttingDown::default().into()));
+                self.refusal = Some(Refusal::Cut);
+                return Poll::Ready(Ok(()));
             }
             let sleep = self.sleep.as_mut().expect("set above");
             if sleep.as_mut().poll(cx).is_pending() {
@@ -413,8 +439,74 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> S::Future {
-        self.inner.call(req)
+    fn call(&mut self, req: R) -> Self::Future {
+        match self.refusal.take() {
+            Some(Refusal::RateLimited(r)) => HoldFuture::refused(r.into()),
+            Some(Refusal::Cut) => HoldFuture::refused(ShuttingDown::default().into()),
+            None => HoldFuture::called(self.inner.call(req)),
+        }
+    }
+}
+
+/// Why a request is refused before it is sent: the hold is longer than `max_rate_wait`, or
+/// the shutdown deadline has passed.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    RateLimited(RateLimited),
+    Cut,
+}
+
+impl Refusal {
+    fn into_error(self) -> BoxError {
+        match self {
+            Refusal::RateLimited(r) => Box::new(r),
+            Refusal::Cut => Box::new(ShuttingDown::default()),
+        }
+    }
+}
+
+/// The refusal, if any, for a request that would wait until `until` for a hold.
+fn refusal(state: &GateState, max_wait: Option<Duration>, until: Instant) -> Option<Refusal> {
+    if state.is_cut() {
+        return Some(Refusal::Cut);
+    }
+    let max = max_wait?;
+    let left = until.saturating_duration_since(Instant::now());
+    (left > max).then(|| Refusal::RateLimited(RateLimited::new(left, state.limiter.quota())))
+}
+
+pin_project! {
+    /// [`HoldWait`]'s response future: the inner call, or the refusal decided in `poll_ready`.
+    #[project = HoldProj]
+    pub(crate) enum HoldFuture<F, E> {
+        Called { #[pin] fut: F },
+        Refused { err: Option<E> },
+    }
+}
+
+impl<F, E> HoldFuture<F, E> {
+    fn called(fut: F) -> Self {
+        HoldFuture::Called { fut }
+    }
+
+    fn refused(err: E) -> Self {
+        HoldFuture::Refused { err: Some(err) }
+    }
+}
+
+impl<F, T, E> Future for HoldFuture<F, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HoldProj::Called { fut } => fut.poll(cx),
+            HoldProj::Refused { err } => {
+                Poll::Ready(Err(err.take().expect("HoldFuture polled after completion")))
+            }
+        }
     }
 }
 

@@ -42,6 +42,11 @@ impl Origin {
         // The port as written: nothing, or `:` and its digits. One spelling per port: none for
         // the default (or an empty `h:`), else the plain decimal (not `08080`).
         let digits = rest.get(host.len()..).and_then(|p| p.strip_prefix(':'));
+        // A port written but not a number that fits (`:99999`, `:abc`): no origin, rather
+        // than the default port's.
+        if port.is_none() && digits.is_some_and(|d| !d.is_empty()) {
+            return None;
+        }
         let port_plain = match (port, digits) {
             (None, None) => true,
             (Some(p), Some(d)) => p != default_port && (d == "0" || !d.starts_with('0')),

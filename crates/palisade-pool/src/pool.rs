@@ -266,11 +266,33 @@ where
 }
 
 /// Clears the upkeep task's "running" flag when dropped.
-struct RunningFlag(Arc<AtomicBool>);
+///
+/// Also wakes every queued waiter: if the task ended because its runtime shut down, the
+/// waiters' deadlines have no keeper left, and each, polled again, starts a new upkeep task on
+/// its own runtime (`restart_upkeep`).
+struct RunningFlag<K, C> {
+    running: Arc<AtomicBool>,
+    shared: Weak<Shared<K, C>>,
+}
 
-impl Drop for RunningFlag {
+impl<K, C> Drop for RunningFlag<K, C> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.running.store(false, Ordering::Release);
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let wakers: Vec<Waker> = {
+            let inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner
+                .keys
+                .values()
+                .flat_map(|ks| ks.queue.iter())
+                .filter_map(|&(idx, _)| inner.slots[idx].cell.lock().waker.clone())
+                .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 }
 
@@ -621,7 +643,10 @@ where
         let every = self.config.sweep_interval();
         let notify = self.upkeep.clone();
         let weak: Weak<Self> = Arc::downgrade(self);
-        let running = RunningFlag(self.upkeep_running.clone());
+        let running = RunningFlag {
+            running: self.upkeep_running.clone(),
+            shared: Arc::downgrade(self),
+        };
         let mut next_sweep = every.map(|e| Instant::now() + e);
         runtime.spawn(async move {
             // Cleared however the task ends: returning, or dropped with its runtime.

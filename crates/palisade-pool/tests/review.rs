@@ -355,3 +355,54 @@ async fn a_broken_idle_connection_is_not_replaced_by_a_dial_during_backoff() {
         "dialled during the backoff: {outcome:?}"
     );
 }
+
+/// (9, from a review of these fixes) The waiter of (5) woken for real: a task waiting on
+/// runtime B, never polled by hand, when the upkeep task dies with runtime A. Nothing woke it,
+/// so it never timed out; the upkeep task's end now wakes the queue.
+#[test]
+// The checkouts are started on one runtime and polled on another: the blocks hand them out.
+#[allow(clippy::async_yields_async)]
+fn a_waiting_task_times_out_after_the_upkeep_runtime_shuts_down() {
+    let connector = Connector::with_limits(1, 1);
+    let config = limits(1, 1)
+        .checkout_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let (rt_a, rt_b) = (paused_runtime(), paused_runtime());
+    let (r0, _t0) = Req::new("k").id(0).held();
+    let mut f0 = rt_a.block_on(async {
+        let mut f = start(&mut pool, r0);
+        pending(&mut f);
+        f
+    });
+    let wa = rt_a.block_on(async {
+        let mut w = start(&mut pool, Req::new("k").id(1));
+        pending(&mut w);
+        w
+    });
+    let mut p = pool.clone();
+    let waiter = rt_b.block_on(async move {
+        let h = tokio::spawn(async move {
+            futures::future::poll_fn(|cx| p.poll_ready(cx))
+                .await
+                .unwrap();
+            p.call(Req::new("k").id(2)).await
+        });
+        settle().await;
+        assert!(!h.is_finished());
+        h
+    });
+    drop(wa);
+    drop(rt_a);
+    rt_b.block_on(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            waiter.is_finished(),
+            "the waiting task was never woken: no PoolTimeout 59 s after its deadline"
+        );
+        let e = waiter.await.unwrap().unwrap_err();
+        assert!(e.downcast_ref::<PoolTimeout>().is_some(), "{e}");
+    });
+    let _ = f0.poll();
+}

@@ -64,8 +64,8 @@ pub(crate) struct Inner {
     manager_config: ConnectionManagerConfig,
     /// One per tokio runtime the limiter decides on, made on its first decision there:
     /// redis-rs spawns its connection's task on that runtime, and the task ends with it. (A
-    /// limiter kept past its first runtime would otherwise talk through a dead task.) The few
-    /// most recent runtimes are kept.
+    /// limiter kept past its first runtime would otherwise talk through a dead task.) The 16
+    /// most recently used runtimes are kept.
     managers: std::sync::Mutex<Vec<(tokio::runtime::Id, Result<ConnectionManager, String>)>>,
     acquire: Script,
     reserve: Script,
@@ -959,9 +959,9 @@ impl Inner {
     }
 
     fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        /// Runtimes whose managers are kept; an older one is dropped (a runtime gone, most
-        /// likely) when another arrives.
-        const KEPT: usize = 4;
+        /// Runtimes whose managers are kept; the least recently used is dropped (a runtime
+        /// gone, most likely) when another arrives.
+        const KEPT: usize = 16;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| {
                 RedisError::from((redis::ErrorKind::Client, "no tokio runtime", e.to_string()))
@@ -970,7 +970,13 @@ impl Inner {
         let mut managers = self.managers.lock().unwrap_or_else(|e| e.into_inner());
         let found = managers.iter().position(|(id, _)| *id == runtime);
         let i = match found {
-            Some(i) => i,
+            // Most recently used last, so that the one dropped is the least recently used.
+            Some(i) if i + 1 == managers.len() => i,
+            Some(i) => {
+                let entry = managers.remove(i);
+                managers.push(entry);
+                managers.len() - 1
+            }
             None => {
                 if managers.len() >= KEPT {
                     drop(managers.remove(0));

@@ -184,9 +184,23 @@ impl Shutdown {
     ///
     /// # Errors
     ///
-    /// When the signal handlers cannot be registered, or when this shutdown already listens
-    /// (`AlreadyExists`).
+    /// Outside a tokio runtime (or on one without its IO driver), when the signal handlers
+    /// cannot be registered, or when this shutdown already listens (`AlreadyExists`; a
+    /// listener whose runtime has shut down no longer counts).
     pub fn listen_for_signals(&self) -> std::io::Result<JoinHandle<()>> {
+        // Clears `listening` when dropped: a listener that ended (its runtime shut down) or
+        // never started lets a later call listen again.
+        struct Listening(Shutdown);
+        impl Drop for Listening {
+            fn drop(&mut self) {
+                self.0.inner.listening.store(false, Ordering::SeqCst);
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(std::io::Error::other(
+                "listening for shutdown signals needs a tokio runtime",
+            ));
+        }
         // Two listeners would both see one signal, and the second would take it for a
         // second signal.
         if self.inner.listening.swap(true, Ordering::SeqCst) {
@@ -195,16 +209,20 @@ impl Shutdown {
                 "already listening for shutdown signals",
             ));
         }
-        let mut signals = match Signals::new() {
-            Ok(signals) => signals,
-            Err(e) => {
-                // Not listening after all: a later call may try again.
-                self.inner.listening.store(false, Ordering::SeqCst);
-                return Err(e);
+        let listening = Listening(self.clone());
+        // tokio panics, rather than errs, on a runtime without its IO driver.
+        let mut signals = match std::panic::catch_unwind(Signals::new) {
+            Ok(Ok(signals)) => signals,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::other(
+                    "listening for shutdown signals needs a runtime with IO enabled",
+                ))
             }
         };
         let this = self.clone();
         Ok(tokio::spawn(async move {
+            let _listening = listening;
             let name = signals.recv().await;
             if this.is_triggered() {
                 // Already draining (triggered by code): this signal is the second word.

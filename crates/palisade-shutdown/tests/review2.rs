@@ -220,3 +220,39 @@ async fn h2_in_flight_request_completes_during_the_drain() {
     assert_eq!(body, "done /held");
     let _ = conn.await;
 }
+
+/// From a review of the fix above: the flag stayed set after the listener task died with its
+/// runtime, so nothing listened and a new listener was refused.
+#[test]
+fn listening_ends_with_the_listener_task() {
+    let shutdown = Shutdown::new(Duration::from_secs(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The listener task is handed out, not awaited: it dies with this runtime.
+    let _listener = rt
+        .block_on(async { shutdown.listen_for_signals() })
+        .unwrap();
+    drop(rt);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let again = rt.block_on(async { shutdown.listen_for_signals().map(|_| ()) });
+    assert!(again.is_ok(), "nothing listens, yet: {again:?}");
+}
+
+/// And outside a runtime the call errs (it panicked inside tokio, leaving the flag set).
+#[test]
+fn listening_outside_a_runtime_is_an_error_and_claims_nothing() {
+    let shutdown = Shutdown::new(Duration::from_secs(1));
+    let outside = shutdown.listen_for_signals();
+    assert!(outside.is_err(), "no runtime, yet it listens");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inside = rt.block_on(async { shutdown.listen_for_signals().map(|_| ()) });
+    assert!(inside.is_ok(), "{inside:?}");
+}
