@@ -273,11 +273,18 @@ where
 struct RunningFlag<K, C> {
     running: Arc<AtomicBool>,
     shared: Weak<Shared<K, C>>,
+    /// Set once `spawn` has taken the task. A runtime already shut down drops the task inside
+    /// `spawn`, on the caller's thread: waking the waiters then would wake the very waiter
+    /// asking, which would ask again at once, for ever.
+    spawned: Arc<AtomicBool>,
 }
 
 impl<K, C> Drop for RunningFlag<K, C> {
     fn drop(&mut self) {
         self.running.store(false, Ordering::Release);
+        if !self.spawned.load(Ordering::Acquire) {
+            return;
+        }
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
@@ -643,9 +650,11 @@ where
         let every = self.config.sweep_interval();
         let notify = self.upkeep.clone();
         let weak: Weak<Self> = Arc::downgrade(self);
+        let spawned = Arc::new(AtomicBool::new(false));
         let running = RunningFlag {
             running: self.upkeep_running.clone(),
             shared: Arc::downgrade(self),
+            spawned: spawned.clone(),
         };
         let mut next_sweep = every.map(|e| Instant::now() + e);
         runtime.spawn(async move {
@@ -683,6 +692,7 @@ where
                 }
             }
         });
+        spawned.store(true, Ordering::Release);
     }
 
     /// Starts the upkeep task if it is not running (the runtime it ran on shut down) and, if

@@ -406,3 +406,40 @@ fn a_waiting_task_times_out_after_the_upkeep_runtime_shuts_down() {
     });
     let _ = f0.poll();
 }
+
+/// (10, from a review of (9)) A waiter polled under the handle of a runtime already shut down:
+/// `spawn` drops the new upkeep task on the spot, and its end woke the waiter asking, which
+/// asked again at once — a busy loop. Only a task that was spawned wakes the queue.
+#[test]
+fn a_waiter_on_a_dead_runtime_handle_does_not_wake_itself_on_every_poll() {
+    let connector = Connector::with_limits(1, 1);
+    let config = limits(1, 1)
+        .checkout_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (mut pool, _handle) = pool(config, &connector);
+    let rt_a = paused_runtime();
+    let (r0, _t0) = Req::new("k").held();
+    let (mut f0, mut w) = rt_a.block_on(async {
+        let mut f0 = start(&mut pool, r0);
+        pending(&mut f0);
+        let mut w = start(&mut pool, Req::new("k").id(1));
+        pending(&mut w);
+        (f0, w)
+    });
+    let dead = rt_a.handle().clone();
+    drop(rt_a);
+    let _enter = dead.enter();
+    let mut self_wakes = 0;
+    for _ in 0..100 {
+        pending(&mut w);
+        if w.is_woken() {
+            self_wakes += 1;
+        }
+    }
+    assert_eq!(
+        self_wakes, 0,
+        "the waiter returned Pending after waking itself on {self_wakes} of 100 polls"
+    );
+    let _ = f0.poll();
+}

@@ -186,7 +186,9 @@ impl Shutdown {
     ///
     /// Outside a tokio runtime (or on one without its IO driver), when the signal handlers
     /// cannot be registered, or when this shutdown already listens (`AlreadyExists`; a
-    /// listener whose runtime has shut down no longer counts).
+    /// listener whose runtime has shut down no longer counts). On a runtime without its IO
+    /// driver tokio panics inside; the panic is caught and returned as this error, but it
+    /// still goes through the panic hook (and aborts under `panic = "abort"`).
     pub fn listen_for_signals(&self) -> std::io::Result<JoinHandle<()>> {
         // Clears `listening` when dropped: a listener that ended (its runtime shut down) or
         // never started lets a later call listen again.
