@@ -136,12 +136,21 @@ impl Gcra {
     /// (`tat_after − now`): never below what it would be had the admission not happened, since
     /// every later admission stacked its cost on top of this one's TAT. A grant from before a
     /// quota change is not given back (its units are gone).
+    #[cfg(test)]
     pub(crate) fn refund(&self, grant: Grant, now: u64) {
+        self.refund_with(grant, || now);
+    }
+
+    /// [`refund`](Self::refund) with the clock read on each attempt, after the TAT it will
+    /// swap: a reading taken before, by a thread then preempted while others were admitted,
+    /// would give back time those admissions already stand on (one request over the bound).
+    pub(crate) fn refund_with(&self, grant: Grant, clock: impl Fn() -> u64) {
         let mut cur = self.load_tat();
         loop {
             if cur == LOCKED {
                 cur = self.load_tat();
             }
+            let now = clock();
             if grant.epoch != self.epoch.load(Ordering::Acquire) {
                 return;
             }

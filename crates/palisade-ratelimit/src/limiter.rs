@@ -264,6 +264,12 @@ impl Shared {
             .saturating_add(ahead.saturating_mul(self.gcra.interval()))
     }
 
+    /// Admits every waiter whose slot has come, on its behalf.
+    pub(crate) fn admit_due(&self, now: u64) {
+        let mut w = lock(&self.waiters);
+        self.dispatch(&mut w, now, None);
+    }
+
     /// Joins the back of the queue.
     pub(crate) fn enqueue(&self, now: u64, waker: &Waker) -> u64 {
         let mut w = lock(&self.waiters);
@@ -352,8 +358,8 @@ impl Shared {
             }
         } else if let Some(i) = w.granted.iter().position(|(g, _)| *g == id) {
             let grant = w.granted.swap_remove(i).1;
+            self.gcra.refund_with(grant, || self.now());
             let now = self.now();
-            self.gcra.refund(grant, now);
             self.dispatch(&mut w, now, None);
             wake_front(&mut w.queue);
         }
@@ -361,8 +367,8 @@ impl Shared {
 
     /// Gives back an admission that was never used, and lets the queue use it.
     pub(crate) fn refund(&self, grant: Grant) {
+        self.gcra.refund_with(grant, || self.now());
         let now = self.now();
-        self.gcra.refund(grant, now);
         // Always under the lock: a waiter that queued while we refunded either sees the
         // refunded state, or is in the queue for this dispatch to admit.
         let mut w = lock(&self.waiters);

@@ -99,6 +99,12 @@ impl Gate {
                 State::Granted(_) | State::Refused(_) => return Poll::Ready(()),
                 State::Idle => {
                     let now = shared.now();
+                    // Waiters whose slots have come are admitted first, on their behalf (a
+                    // parked service's among them): otherwise a waiter nobody polls would keep
+                    // this request — in reject mode, or past `max_wait` — refused for good.
+                    if shared.has_waiters() {
+                        shared.admit_due(now);
+                    }
                     // Waiters are served first come, first served: nobody passes them, in
                     // either mode.
                     let slot = if shared.has_waiters() {
@@ -136,6 +142,9 @@ impl Gate {
                     match shared.turn(id, now, cx.waker()) {
                         Turn::Admitted(grant) => {
                             self.state = State::Granted(grant);
+                            // Made afresh for the next wait: a timer is bound to the runtime
+                            // that made it, and this service may wait on another next time.
+                            self.sleep = None;
                             return Poll::Ready(());
                         }
                         Turn::Gone => self.state = State::Idle,
