@@ -19,7 +19,8 @@ use crate::quota::Quota;
 /// tokio's timer fires at most once per millisecond tick, so a waiter is usually woken a little
 /// after its slot. Charging it from the moment it woke would push every slot behind it later by
 /// the same amount, and at one request per millisecond the rate would halve. Instead a waiter is
-/// charged from its slot, up to this much in the past; the next waiter whose slot has already
+/// charged from its slot, up to this much in the past (and less than one interval, so that an
+/// admission never leaves room for another at the same instant); the next waiter whose slot has already
 /// passed is then admitted at once. The cost: in wait mode, up to `rate × 2 ms` requests may
 /// pass closer together than the quota's spacing (never before their slots).
 pub(crate) const LATE_WAKE_CREDIT: u64 = 2_000_000;
@@ -294,12 +295,16 @@ impl Shared {
             let Some(head) = w.queue.front() else {
                 break None;
             };
-            // A waiter the timer woke late is charged from up to LATE_WAKE_CREDIT back.
+            // A waiter the timer woke late is charged from up to LATE_WAKE_CREDIT back — but
+            // less than one interval, or the admission would leave room at `now` for another
+            // (two passing at once with burst 1, at rates above 500/s).
             // (`min`: a counter clock read on another core may put `arrived` a hair after now.)
-            let base = head
-                .arrived
-                .max(now.saturating_sub(LATE_WAKE_CREDIT))
-                .min(now);
+            let base =
+                head.arrived
+                    .max(now.saturating_sub(
+                        LATE_WAKE_CREDIT.min(self.gcra.interval().saturating_sub(1)),
+                    ))
+                    .min(now);
             match self.gcra.acquire(now, base, 1) {
                 Ok(grant) => {
                     let head = w.queue.pop_front().expect("front exists");

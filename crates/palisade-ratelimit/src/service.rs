@@ -134,6 +134,9 @@ impl Gate {
                         return Poll::Ready(());
                     }
                     tracing::trace!(?wait, "rate limit: waiting for a token");
+                    // A timer made afresh for each wait: a timer is bound to the runtime that
+                    // made it, and this service may wait on another runtime than last time.
+                    self.sleep = None;
                     let id = shared.enqueue(now, cx.waker());
                     self.state = State::Waiting { id, arrived: now };
                 }
@@ -142,9 +145,6 @@ impl Gate {
                     match shared.turn(id, now, cx.waker()) {
                         Turn::Admitted(grant) => {
                             self.state = State::Granted(grant);
-                            // Made afresh for the next wait: a timer is bound to the runtime
-                            // that made it, and this service may wait on another next time.
-                            self.sleep = None;
                             return Poll::Ready(());
                         }
                         Turn::Gone => self.state = State::Idle,
