@@ -38,7 +38,7 @@
 //! layer or [`RateLimiter::check`] admits at most `B + ⌊L / T⌋` requests — at most `B` at the same
 //! instant and `count` per `period` in the long run. In wait mode no request passes before its
 //! slot; a waiter that tokio's millisecond timer wakes late is charged from its slot (up to
-//! 2 ms back, and less than one interval), so the rate holds at fine grain, and requests may then pass up to `rate × 2 ms`
+//! 2 ms back), so the rate holds at fine grain, and requests may then pass up to `rate × 2 ms`
 //! closer together than the spacing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

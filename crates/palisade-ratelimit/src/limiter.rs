@@ -19,8 +19,7 @@ use crate::quota::Quota;
 /// tokio's timer fires at most once per millisecond tick, so a waiter is usually woken a little
 /// after its slot. Charging it from the moment it woke would push every slot behind it later by
 /// the same amount, and at one request per millisecond the rate would halve. Instead a waiter is
-/// charged from its slot, up to this much in the past (and less than one interval, so that an
-/// admission never leaves room for another at the same instant); the next waiter whose slot has already
+/// charged from its slot, up to this much in the past; the next waiter whose slot has already
 /// passed is then admitted at once. The cost: in wait mode, up to `rate × 2 ms` requests may
 /// pass closer together than the quota's spacing (never before their slots).
 pub(crate) const LATE_WAKE_CREDIT: u64 = 2_000_000;
@@ -268,7 +267,10 @@ impl Shared {
     /// Admits every waiter whose slot has come, on its behalf.
     pub(crate) fn admit_due(&self, now: u64) {
         let mut w = lock(&self.waiters);
-        self.dispatch(&mut w, now, None);
+        // Less than one interval of credit: this request, in reject mode or with `max_wait`,
+        // decides right after, and must not find room left at `now` by a credited admission.
+        let credit = LATE_WAKE_CREDIT.min(self.gcra.interval().saturating_sub(1));
+        self.dispatch(&mut w, now, None, credit);
     }
 
     /// Joins the back of the queue.
@@ -289,22 +291,15 @@ impl Shared {
     /// whose task is not polled (its service parked) cannot hold up the ones behind it. Returns
     /// the slot of the new head, if any is left, and wakes it so that it sleeps until exactly
     /// then.
-    fn dispatch(&self, w: &mut Waiters, now: u64, asking: Option<u64>) -> Option<u64> {
+    fn dispatch(&self, w: &mut Waiters, now: u64, asking: Option<u64>, credit: u64) -> Option<u64> {
         let mut admitted = false;
         let next = loop {
             let Some(head) = w.queue.front() else {
                 break None;
             };
-            // A waiter the timer woke late is charged from up to LATE_WAKE_CREDIT back — but
-            // less than one interval, or the admission would leave room at `now` for another
-            // (two passing at once with burst 1, at rates above 500/s).
+            // A waiter the timer woke late is charged from up to `credit` back.
             // (`min`: a counter clock read on another core may put `arrived` a hair after now.)
-            let base =
-                head.arrived
-                    .max(now.saturating_sub(
-                        LATE_WAKE_CREDIT.min(self.gcra.interval().saturating_sub(1)),
-                    ))
-                    .min(now);
+            let base = head.arrived.max(now.saturating_sub(credit)).min(now);
             match self.gcra.acquire(now, base, 1) {
                 Ok(grant) => {
                     let head = w.queue.pop_front().expect("front exists");
@@ -337,7 +332,7 @@ impl Shared {
     /// The waiter `id` asks for its turn at `now`.
     pub(crate) fn turn(&self, id: u64, now: u64, waker: &Waker) -> Turn {
         let mut w = lock(&self.waiters);
-        let next = self.dispatch(&mut w, now, Some(id));
+        let next = self.dispatch(&mut w, now, Some(id), LATE_WAKE_CREDIT);
         if let Some(i) = w.granted.iter().position(|(g, _)| *g == id) {
             return Turn::Admitted(w.granted.swap_remove(i).1);
         }
@@ -365,7 +360,7 @@ impl Shared {
             let grant = w.granted.swap_remove(i).1;
             self.gcra.refund_with(grant, || self.now());
             let now = self.now();
-            self.dispatch(&mut w, now, None);
+            self.dispatch(&mut w, now, None, LATE_WAKE_CREDIT);
             wake_front(&mut w.queue);
         }
     }
@@ -377,14 +372,14 @@ impl Shared {
         // Always under the lock: a waiter that queued while we refunded either sees the
         // refunded state, or is in the queue for this dispatch to admit.
         let mut w = lock(&self.waiters);
-        self.dispatch(&mut w, now, None);
+        self.dispatch(&mut w, now, None, LATE_WAKE_CREDIT);
         wake_front(&mut w.queue);
     }
 
     /// After a quota change every estimate is off: admit what is due and wake everyone.
     fn requeue_all(&self) {
         let mut w = lock(&self.waiters);
-        self.dispatch(&mut w, self.now(), None);
+        self.dispatch(&mut w, self.now(), None, LATE_WAKE_CREDIT);
         for e in w.queue.iter_mut() {
             if let Some(waker) = e.waker.take() {
                 waker.wake();
