@@ -243,6 +243,11 @@ impl Service<Request<Body>> for Connection {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> SendFuture {
+        if self.hold.as_ref().is_some_and(|h| h.is_cut()) {
+            // Past the client's shutdown deadline (its connect outlasted it): not sent.
+            let cut: BoxError = Box::<palisade_shutdown::ShuttingDown>::default();
+            return Box::pin(std::future::ready(Err(cut)));
+        }
         if let Some(until) = self.hold.as_ref().and_then(|h| h.hold_until()) {
             // Not sent: the gate above waits and sends again (on this connection or another).
             let held: BoxError = Box::new(Held { until, req });

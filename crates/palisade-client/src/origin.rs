@@ -49,7 +49,11 @@ impl Origin {
         }
         let port_plain = match (port, digits) {
             (None, None) => true,
-            (Some(p), Some(d)) => p != default_port && (d == "0" || !d.starts_with('0')),
+            (Some(p), Some(d)) => {
+                p != default_port
+                    && d.bytes().all(|b| b.is_ascii_digit())
+                    && (d == "0" || !d.starts_with('0'))
+            }
             _ => false,
         };
         // Credentials in the URL are not part of the origin: they would end up in the `Host`

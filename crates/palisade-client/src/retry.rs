@@ -191,6 +191,9 @@ pub(crate) struct RetryPolicy {
     breaker: Breaker,
     attempt: u32,
     deposited: bool,
+    /// Whether an attempt so far reached the upstream (not a failed connect, nor a request
+    /// handed back unwritten, nor a refusal made here).
+    reached: bool,
     /// What the previous attempt got, in words, for a retry that is then refused here.
     last: Option<String>,
 }
@@ -202,6 +205,7 @@ impl RetryPolicy {
             breaker,
             attempt: 0,
             deposited: false,
+            reached: false,
             last: None,
         }
     }
@@ -350,13 +354,23 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
             Ok(_) => false,
             Err(e) => refused_inside(e),
         };
-        // Only a request that reached the upstream pays into the budget: refusals made here
-        // must not fund retries.
-        if !self.deposited && !refused_here {
+        let reached = match result {
+            Ok(_) => true,
+            Err(e) => {
+                !refused_here
+                    && !e.is::<ConnectError>()
+                    && !e.is::<ConnectTimeout>()
+                    && !e.is::<RequestNotSent>()
+            }
+        };
+        self.reached |= reached;
+        // Only a request that reached the upstream pays into the budget: refusals made here,
+        // and attempts that never left, must not fund retries.
+        if !self.deposited && reached {
             shared.budget.deposit();
             self.deposited = true;
         }
-        if refused_here && self.attempt > 0 {
+        if refused_here && self.attempt > 0 && self.reached {
             // A retry refused here (the breaker opened meanwhile, the pool closed, ...): the
             // request did reach the upstream before, so say that, not "never sent".
             if let Err(e) = std::mem::replace(result, Err(Box::new(Placeholder))) {
