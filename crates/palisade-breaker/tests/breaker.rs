@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Gate;
+use common::{flaky, quick_open, Gate, Svc};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,31 +16,12 @@ use palisade_breaker::{
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
-type Svc = tower::util::BoxCloneService<bool, (), BoxError>;
-
-/// A service answering `Ok` for `true` and `Err` for `false`, behind `layer`.
-fn flaky(layer: &CircuitBreakerLayer) -> Svc {
-    tower::util::BoxCloneService::new(layer.layer(service_fn(|ok: bool| async move {
-        if ok {
-            Ok(())
-        } else {
-            Err("upstream failed")
-        }
-    })))
-}
-
 async fn send(svc: &mut Svc, ok: bool) -> Result<(), BoxError> {
     svc.ready().await?.call(ok).await
 }
 
 fn is_open(e: &BoxError) -> bool {
     e.is::<CircuitOpen>()
-}
-
-fn quick_open() -> palisade_breaker::ConfigBuilder {
-    Config::builder()
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(8))
-        .jitter(0)
 }
 
 #[tokio::test(start_paused = true)]

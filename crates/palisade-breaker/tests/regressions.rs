@@ -4,45 +4,20 @@
 
 mod common;
 
-use common::Gate;
+use common::{flaky, noop_waker, quick_open, Gate};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_breaker::classify::classify_fn;
 use palisade_breaker::{
-    BoxError, Breaker, CircuitBreakerLayer, Config, KeyedBreakers, KeyedCircuitBreakerLayer,
-    Outcome, State, Transition,
+    Breaker, CircuitBreakerLayer, Config, KeyedBreakers, KeyedCircuitBreakerLayer, Outcome, State,
+    Transition,
 };
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
-
-/// A waker that does nothing (`Waker::noop` needs a newer Rust than the crate's minimum).
-fn noop_waker() -> Waker {
-    struct Noop;
-    impl std::task::Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
-    Waker::from(Arc::new(Noop))
-}
-
-fn quick_open() -> palisade_breaker::ConfigBuilder {
-    Config::builder()
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(8))
-        .jitter(0)
-}
-
-fn flaky(layer: &CircuitBreakerLayer) -> tower::util::BoxCloneService<bool, (), BoxError> {
-    tower::util::BoxCloneService::new(layer.layer(service_fn(|ok: bool| async move {
-        if ok {
-            Ok(())
-        } else {
-            Err("upstream failed")
-        }
-    })))
-}
 
 async fn trip(breaker: &Breaker) {
     let mut svc = flaky(&CircuitBreakerLayer::from_breaker(breaker.clone()));

@@ -5,41 +5,18 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_breaker::{
-    BoxError, Breaker, CircuitBreakerLayer, CircuitOpen, Config, KeyedBreakers,
-    KeyedCircuitBreakerLayer, State, Transition,
+    Breaker, CircuitBreakerLayer, CircuitOpen, Config, KeyedBreakers, KeyedCircuitBreakerLayer,
+    State, Transition,
 };
 use tokio::sync::Notify;
+
+mod common;
+use common::{flaky, noop_waker, quick_open};
 use tower::{service_fn, Layer, Service, ServiceExt};
-
-fn noop_waker() -> Waker {
-    struct Noop;
-    impl std::task::Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
-    Waker::from(Arc::new(Noop))
-}
-
-fn quick_open() -> palisade_breaker::ConfigBuilder {
-    Config::builder()
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(8))
-        .jitter(0)
-}
-
-fn flaky(breaker: &Breaker) -> tower::util::BoxCloneService<bool, (), BoxError> {
-    tower::util::BoxCloneService::new(CircuitBreakerLayer::from_breaker(breaker.clone()).layer(
-        service_fn(|ok: bool| async move {
-            if ok {
-                Ok(())
-            } else {
-                Err("upstream failed")
-            }
-        }),
-    ))
-}
 
 /// Keyed: a clean breaker with a call in flight is evicted (LRU) by a new key; the call's
 /// failure then lands in the forgotten breaker, and the host gets a fresh one: the failure is
@@ -149,7 +126,7 @@ async fn a_panicking_listener_does_not_corrupt_the_backoff() {
             },
         )
     };
-    let mut svc = flaky(&breaker);
+    let mut svc = flaky(&CircuitBreakerLayer::from_breaker(breaker.clone()));
     let _ = svc.ready().await.unwrap().call(false).await;
     assert_eq!(breaker.open_remaining(), Some(Duration::from_secs(1)));
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -190,7 +167,7 @@ impl Service<bool> for NeverReady {
 #[tokio::test(start_paused = true)]
 async fn rejected_counts_refused_calls_not_polls() {
     let breaker = Breaker::new(quick_open().consecutive_failures(1).build().unwrap());
-    let mut svc = flaky(&breaker);
+    let mut svc = flaky(&CircuitBreakerLayer::from_breaker(breaker.clone()));
     let _ = svc.ready().await.unwrap().call(false).await;
     assert_eq!(breaker.state(), State::Open);
     let mut svc = CircuitBreakerLayer::from_breaker(breaker.clone()).layer(NeverReady);

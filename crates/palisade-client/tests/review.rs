@@ -5,54 +5,20 @@
 //! spelled two ways, https without the `tls` feature, and the `User-Agent` of the client used
 //! as a `tower::Service`. Each test failed before its fix.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use palisade_client::{Client, Origin, Retries};
 use palisade_testkit::{Outage, Upstream};
 
+mod common;
+use common::scripted;
+
 const SECOND: Duration = Duration::from_secs(1);
-
-/// The status and headers of the n-th request (1-based).
-type Answer = fn(u64) -> (u16, Vec<(&'static str, &'static str)>);
-
-/// A minimal HTTP/1.1 server for answers the testkit cannot script. Returns its URL and its
-/// request counter.
-async fn scripted(answer: Answer) -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                        let (status, headers) = answer(n);
-                        let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
-                        for (k, v) in headers {
-                            res.headers_mut().insert(k, v.parse().unwrap());
-                        }
-                        async move { Ok::<_, Infallible>(res) }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}/"), count)
-}
 
 // 1. Retry-After in its HTTP-date form (RFC 9110 §10.2.3) is ignored: no hold, and the 429 is
 // retried after a ~100 ms backoff instead of after the date (or returned, the date being
@@ -336,23 +302,12 @@ async fn capture(
     let local = listener.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let h = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
-                    s.lock()
-                        .unwrap()
-                        .push((h("host").unwrap_or_default(), h("user-agent")));
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+    common::serve(listener, move |req| {
+        let h = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        s.lock()
+            .unwrap()
+            .push((h("host").unwrap_or_default(), h("user-agent")));
+        Response::new(Full::new(Bytes::new()))
     });
     let url = match local {
         std::net::SocketAddr::V6(a) => format!("http://[{}]:{}/", a.ip(), a.port()),

@@ -3,17 +3,15 @@
 //! at the connection; refusals from `poll_ready` bypassed the retry policy; an unparsable port
 //! became the default port.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use palisade_client::{Client, Origin, Retries};
 use palisade_testkit::{Latency, Outage, Upstream};
+
+mod common;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -133,34 +131,16 @@ async fn the_shutdown_cut_off_reaches_a_hold_found_at_the_connection() {
     assert!(e.is_shutdown(), "{e:?}");
 }
 
+/// 502 with an exhausted `RateLimit` policy on the first request, 200 after.
 async fn scripted_502_then_ok() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                        let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        if n == 1 {
-                            *res.status_mut() = StatusCode::BAD_GATEWAY;
-                            res.headers_mut()
-                                .insert("ratelimit", "\"p\";r=0;t=60".parse().unwrap());
-                        }
-                        async move { Ok::<_, Infallible>(res) }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+    common::scripted(|n| {
+        if n == 1 {
+            (502, vec![("ratelimit", "\"p\";r=0;t=60")])
+        } else {
+            (200, vec![])
         }
-    });
-    (format!("http://{addr}/"), count)
+    })
+    .await
 }
 
 /// D: `HoldWait` now refuses in `poll_ready`; tower's `Retry` returns a `poll_ready` error

@@ -228,51 +228,6 @@ async fn a_hand_off_to_a_waiter_that_leaves_is_not_a_reuse() {
     assert_eq!((k.idle, k.reused), (1, 0), "{k:?}");
 }
 
-/// Control for 5: a new checkout on B (which restarts the upkeep) lets the old waiter time out.
-#[test]
-// The checkouts are started on one runtime and polled on another: the blocks hand them out.
-#[allow(clippy::async_yields_async)]
-fn control_two_runtimes_restart_by_new_waiter() {
-    let connector = Connector::with_limits(1, 1);
-    let config = limits(1, 1)
-        .checkout_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (mut pool, _handle) = pool(config, &connector);
-    let rt_a = paused_runtime();
-    let rt_b = paused_runtime();
-    let (r0, _t0) = Req::new("k").id(0).held();
-    let mut f0 = rt_a.block_on(async {
-        let mut f0 = start(&mut pool, r0);
-        pending(&mut f0);
-        f0
-    });
-    let wa = rt_a.block_on(async {
-        let mut w = start(&mut pool, Req::new("k").id(1));
-        pending(&mut w);
-        w
-    });
-    let mut wb = rt_b.block_on(async {
-        let mut w = start(&mut pool, Req::new("k").id(2));
-        pending(&mut w);
-        w
-    });
-    drop(wa);
-    drop(rt_a);
-    rt_b.block_on(async {
-        let mut w3 = start(&mut pool, Req::new("k").id(3));
-        pending(&mut w3);
-        advance(Duration::from_millis(1_001)).await;
-        settle().await;
-        let outcome = wb.poll();
-        assert!(
-            matches!(&outcome, Poll::Ready(Err(e)) if e.downcast_ref::<PoolTimeout>().is_some()),
-            "the waiter did not time out: {outcome:?}"
-        );
-    });
-    let _ = f0.poll();
-}
-
 /// (7) Failures below the backoff threshold are forgotten by the idle sweep (the key has
 /// nothing left and no backoff yet): two failures in a row, a sweep between them, and the
 /// backoff configured `after 2` never starts.

@@ -289,6 +289,25 @@ impl Race {
     }
 }
 
+/// One waiter: sends through its own clone of a service until the race is over.
+async fn drive<S>(mut svc: S, race: Arc<Race>)
+where
+    S: Service<(), Response = ()>,
+    S::Error: Debug,
+{
+    loop {
+        svc.ready()
+            .await
+            .expect("the service stays open")
+            .call(())
+            .await
+            .expect("infallible");
+        if !race.admit() {
+            break;
+        }
+    }
+}
+
 /// Every race run: (limiter, intervals, elapsed), for the table printed at the end.
 static RATES: Mutex<Vec<(&'static str, u64, Duration)>> = Mutex::new(Vec::new());
 
@@ -309,62 +328,32 @@ fn achieved_rate(c: &mut Criterion) {
 
     let one_per_ms =
         palisade_ratelimit::Quota::new(1, Duration::from_millis(1)).expect("valid quota");
-    g.bench_function("palisade_wait", |b| {
-        b.iter_custom(|iters| {
-            let svc = ServiceBuilder::new()
-                .layer(palisade_ratelimit::RateLimitLayer::new(one_per_ms))
-                .service_fn(|()| ready(Ok::<_, Infallible>(())));
-            Race::run(&rt, "palisade (wait mode)", iters * PER_ITER, move |race| {
-                let mut svc = svc.clone();
-                async move {
-                    loop {
-                        svc.ready()
-                            .await
-                            .expect("wait mode never refuses")
-                            .call(())
-                            .await
-                            .expect("infallible");
-                        if !race.admit() {
-                            break;
-                        }
-                    }
-                }
+    // palisade on each of its clocks: clones of one layer's service.
+    for (id, who, clock) in [
+        (
+            "palisade_wait",
+            "palisade (wait mode)",
+            palisade_ratelimit::Clock::tokio(),
+        ),
+        (
+            "palisade_tsc_wait",
+            "palisade tsc clock (wait)",
+            palisade_ratelimit::Clock::tsc(),
+        ),
+    ] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let limiter =
+                    palisade_ratelimit::RateLimiter::with_clock(one_per_ms, clock.clone());
+                let svc = ServiceBuilder::new()
+                    .layer(palisade_ratelimit::RateLimitLayer::from_limiter(limiter))
+                    .service_fn(|()| ready(Ok::<_, Infallible>(())));
+                Race::run(&rt, who, iters * PER_ITER, move |race| {
+                    drive(svc.clone(), race)
+                })
             })
-        })
-    });
-
-    g.bench_function("palisade_tsc_wait", |b| {
-        b.iter_custom(|iters| {
-            let limiter = palisade_ratelimit::RateLimiter::with_clock(
-                one_per_ms,
-                palisade_ratelimit::Clock::tsc(),
-            );
-            let svc = ServiceBuilder::new()
-                .layer(palisade_ratelimit::RateLimitLayer::from_limiter(limiter))
-                .service_fn(|()| ready(Ok::<_, Infallible>(())));
-            Race::run(
-                &rt,
-                "palisade tsc clock (wait)",
-                iters * PER_ITER,
-                move |race| {
-                    let mut svc = svc.clone();
-                    async move {
-                        loop {
-                            svc.ready()
-                                .await
-                                .expect("wait mode never refuses")
-                                .call(())
-                                .await
-                                .expect("infallible");
-                            if !race.admit() {
-                                break;
-                            }
-                        }
-                    }
-                },
-            )
-        })
-    });
+        });
+    }
 
     g.bench_function("governor_until_ready", |b| {
         b.iter_custom(|iters| {
@@ -404,22 +393,7 @@ fn achieved_rate(c: &mut Criterion) {
                 &rt,
                 "tower RateLimit + Buffer(16)",
                 iters * PER_ITER,
-                move |race| {
-                    let mut svc = svc.clone();
-                    async move {
-                        loop {
-                            svc.ready()
-                                .await
-                                .expect("buffer open")
-                                .call(())
-                                .await
-                                .expect("infallible");
-                            if !race.admit() {
-                                break;
-                            }
-                        }
-                    }
-                },
+                move |race| drive(svc.clone(), race),
             )
         })
     });
