@@ -132,11 +132,8 @@ where
                         return Poll::Pending;
                     };
                     this.call.set(None);
-                    let State::Leased { lease, .. } = std::mem::replace(this.state, State::Done)
-                    else {
-                        unreachable!("matched above")
-                    };
                     lease.release::<Req>(this.clock.take());
+                    *this.state = State::Done;
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 let fresh = *fresh;

@@ -183,7 +183,8 @@ impl<K: PoolKey, C> Lease<K, C> {
         (shared, self.key.clone(), next)
     }
 
-    fn give_back(mut self, now: Instant)
+    /// Gives the connection back; the lease is left empty (its drop does nothing).
+    fn give_back(&mut self, now: Instant)
     where
         C: Send + 'static,
     {
@@ -196,7 +197,8 @@ impl<K: PoolKey, C> Lease<K, C> {
         }
     }
 
-    /// The request is done: the connection goes back once it is ready for the next one.
+    /// The request is done: the connection goes back once it is ready for the next one. The
+    /// lease is left empty.
     ///
     /// Ready now (checked without registering a wake-up): back at once. Not yet (an HTTP/1
     /// connection whose response body is still being read): a task waits for it and then gives
@@ -204,7 +206,11 @@ impl<K: PoolKey, C> Lease<K, C> {
     ///
     /// `now`: a clock reading taken since the request finished, if the caller has one (it saves
     /// reading the clock twice in one poll).
-    pub(crate) fn release<Req>(mut self, now: Option<Instant>)
+    ///
+    /// By reference: the caller's lease was stored a few instructions before, and moving it
+    /// out whole would re-read those bytes before the stores reach the cache (a stalled load
+    /// on every request); only the fields needed are taken.
+    pub(crate) fn release<Req>(&mut self, now: Option<Instant>)
     where
         C: Service<Req> + Send + 'static,
         Req: 'static,
@@ -212,19 +218,30 @@ impl<K: PoolKey, C> Lease<K, C> {
         let mut cx = Context::from_waker(noop_waker());
         match self.conn_mut().poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => self.give_back(now.unwrap_or_else(Instant::now)),
-            Poll::Ready(Err(_)) => drop(self.discard()),
-            Poll::Pending => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
-                        let mut lease = self;
-                        match poll_fn(|cx| lease.conn_mut().poll_ready(cx)).await {
-                            Ok(()) => lease.give_back(Instant::now()),
-                            Err(_) => drop(lease.discard()),
-                        }
-                    });
+            Poll::Ready(Err(_)) => {
+                if let (Some(shared), Some(conn)) = (self.shared.take(), self.conn.take()) {
+                    shared.discard(&self.key, conn);
                 }
-                Err(_) => drop(self.discard()),
-            },
+            }
+            Poll::Pending => {
+                let mut lease = Lease {
+                    shared: self.shared.take(),
+                    key: self.key.clone(),
+                    conn: self.conn.take(),
+                    meta: self.meta,
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            match poll_fn(|cx| lease.conn_mut().poll_ready(cx)).await {
+                                Ok(()) => lease.give_back(Instant::now()),
+                                Err(_) => drop(lease.discard()),
+                            }
+                        });
+                    }
+                    Err(_) => drop(lease.discard()),
+                }
+            }
         }
     }
 }

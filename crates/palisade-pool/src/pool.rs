@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
@@ -99,11 +100,16 @@ impl<C> WaitCell<C> {
 }
 
 /// A place in the wait queue. The slot is free again as soon as its waiter is granted
-/// something; its cell is reused only once the waiter has let go of it.
+/// something.
+///
+/// Each wait has a new cell, which the pool lets go of when it grants: reusing the cell meant
+/// reading its reference count, last changed by the waiter on another core, inside the pool's
+/// lock (a cache miss on every contended checkout); a new one is made in this core's cache.
 struct WaitSlot<C> {
     seq: u64,
     deadline: Option<Instant>,
-    cell: Arc<WaitCell<C>>,
+    /// `Some` while the slot's waiter is queued.
+    cell: Option<Arc<WaitCell<C>>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -227,8 +233,26 @@ where
         }
     }
 
+    /// Nothing to do, and nothing allocated (`more_*` are filled only after their first
+    /// slot is).
+    #[inline]
+    fn is_empty(&self) -> bool {
+        let empty = self.close.is_none() && self.wake.is_none() && !self.drained;
+        debug_assert!(
+            !empty || (self.more_closes.capacity() == 0 && self.more_wakes.capacity() == 0)
+        );
+        empty
+    }
+
     /// Runs the effects; call after the lock is released.
-    pub(crate) fn run(mut self, shared: &Shared<K, C>) {
+    pub(crate) fn run(self, shared: &Shared<K, C>) {
+        if !self.is_empty() {
+            self.run_all(shared);
+        }
+    }
+
+    #[inline(never)]
+    fn run_all(mut self, shared: &Shared<K, C>) {
         if self.close.is_some() {
             let mut keys = Vec::with_capacity(1 + self.more_closes.len());
             for (key, conn) in self
@@ -265,6 +289,61 @@ where
     }
 }
 
+/// One operation on the pool: its lock, and the effects to run once the lock is released.
+/// Dropping it releases the lock, then runs the effects. An operation returns its result while
+/// the `Op` is alive, so the result is built straight in the caller's place: kept in a local
+/// across `Effects::run` and then copied, it was re-read right after being stored (a stalled
+/// load on every checkout), as was the `Effects` moved into `run`.
+struct Op<'a, K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    shared: &'a Shared<K, C>,
+    inner: Option<MutexGuard<'a, Inner<K, C>>>,
+    /// A wait cell made before locking, for a checkout likely to queue (dropped, if unused,
+    /// after the lock is released).
+    spare: Spare<C>,
+    /// Not dropped in place: `Drop` runs it, or, when it holds nothing, leaves it (its lists
+    /// never allocated), which spares the drop glue's call.
+    fx: ManuallyDrop<Effects<K, C>>,
+}
+
+/// A wait cell made ahead, if any.
+type Spare<C> = Option<Arc<WaitCell<C>>>;
+
+impl<K, C> Op<'_, K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    fn parts(&mut self) -> (&mut Inner<K, C>, &mut Effects<K, C>, &mut Spare<C>) {
+        (
+            self.inner.as_mut().expect("locked"),
+            &mut self.fx,
+            &mut self.spare,
+        )
+    }
+}
+
+impl<K, C> Drop for Op<'_, K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(inner) = &self.inner {
+            let queued = inner.waiting > 0;
+            if queued != self.shared.queued.load(Ordering::Relaxed) {
+                self.shared.queued.store(queued, Ordering::Relaxed);
+            }
+        }
+        self.inner = None;
+        if self.fx.is_empty() {
+            return;
+        }
+        std::mem::replace(&mut *self.fx, Effects::new()).run_all(self.shared);
+    }
+}
+
 /// Clears the upkeep task's "running" flag when dropped.
 ///
 /// Also wakes every queued waiter: if the task ended because its runtime shut down, the
@@ -289,12 +368,16 @@ impl<K, C> Drop for RunningFlag<K, C> {
             return;
         };
         let wakers: Vec<Waker> = {
-            let inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let inner = shared.inner.0.lock().unwrap_or_else(|e| e.into_inner());
             inner
                 .keys
                 .values()
                 .flat_map(|ks| ks.queue.iter())
-                .filter_map(|&(idx, _)| inner.slots[idx].cell.lock().waker.clone())
+                .filter_map(|&(idx, _)| {
+                    let cell = inner.slots[idx].cell.as_ref()?;
+                    let waker = cell.lock().waker.clone();
+                    waker
+                })
                 .collect()
         };
         for w in wakers {
@@ -303,10 +386,19 @@ impl<K, C> Drop for RunningFlag<K, C> {
     }
 }
 
+/// A value aligned to two cache lines (the unit x86 prefetches in), so what it holds shares no
+/// line with its neighbours.
+#[repr(align(128))]
+struct CacheLines<T>(T);
+
 /// The state every service, layer and handle of one pool shares.
 pub(crate) struct Shared<K, C> {
     pub(crate) config: Config,
-    inner: Mutex<Inner<K, C>>,
+    /// On cache lines of its own: both cores write it, while they only read `config`.
+    inner: CacheLines<Mutex<Inner<K, C>>>,
+    /// Whether checkouts were queueing at the end of the last checkout or return: a hint,
+    /// read without the lock.
+    queued: AtomicBool,
     drained: Notify,
     /// Wakes the upkeep task: a waiter with an earlier deadline than it sleeps for, or the
     /// pool is gone.
@@ -356,7 +448,7 @@ where
     pub(crate) fn new(config: Config) -> Self {
         Shared {
             config,
-            inner: Mutex::new(Inner {
+            inner: CacheLines(Mutex::new(Inner {
                 keys: HashMap::default(),
                 live: 0,
                 waiting: 0,
@@ -367,7 +459,8 @@ where
                 totals: Counters::default(),
                 rng: 0x9E37_79B9_7F4A_7C15,
                 upkeep_at: None,
-            }),
+            })),
+            queued: AtomicBool::new(false),
             drained: Notify::new(),
             upkeep: Arc::new(Notify::new()),
             upkeep_running: Arc::new(AtomicBool::new(false)),
@@ -377,18 +470,30 @@ where
     fn lock(&self) -> MutexGuard<'_, Inner<K, C>> {
         // Bookkeeping is finished before any call that could panic, so a poisoned lock still
         // holds consistent counts.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks the pool for one operation; see [`Op`].
+    fn op(&self, spare: Option<Arc<WaitCell<C>>>) -> Op<'_, K, C> {
+        Op {
+            shared: self,
+            inner: Some(self.lock()),
+            spare,
+            fx: ManuallyDrop::new(Effects::new()),
+        }
     }
 
     /// Takes an idle connection of `key`, reserves a slot to connect, or queues.
     pub(crate) fn checkout(&self, key: &K, now: Instant) -> Result<Checkout<C>, Refused> {
-        let mut fx = Effects::new();
-        let result = {
-            let mut inner = self.lock();
-            inner.checkout(key, now, &self.config, &mut fx)
-        };
-        fx.run(self);
-        result
+        // Checkouts were queueing a moment ago: this one likely will, and its cell is made
+        // now rather than inside the lock.
+        let spare = self
+            .queued
+            .load(Ordering::Relaxed)
+            .then(|| Arc::new(WaitCell::new()));
+        let mut op = self.op(spare);
+        let (inner, fx, spare) = op.parts();
+        inner.checkout(key, now, &self.config, fx, spare)
     }
 
     /// A waiter gave up (dropped): leave the queue, or pass on what it was handed.
@@ -401,6 +506,7 @@ where
                 WaitState::Waiting => {
                     // Still queued, so the slot is still this waiter's.
                     debug_assert_eq!(inner.slots[idx].seq, seq);
+                    inner.slots[idx].cell = None;
                     inner.waiting -= 1;
                     inner.free_slots.push(idx);
                     if let Some(ks) = inner.keys.get_mut(key) {
@@ -571,10 +677,9 @@ where
     /// A leased connection is ready for another request: hand it to the oldest waiter, or
     /// keep it idle (closing it if it expired, the pool closed, or the key has enough idle).
     pub(crate) fn give_back(&self, key: &K, conn: C, meta: Meta, now: Instant) {
-        let mut fx = Effects::new();
-        self.lock()
-            .give_back(key, conn, meta, now, &self.config, &mut fx);
-        fx.run(self);
+        let mut op = self.op(None);
+        let (inner, fx, _) = op.parts();
+        inner.give_back(key, conn, meta, now, &self.config, fx);
     }
 
     /// A leased connection is broken, or its request was abandoned: close it, then free its
@@ -816,11 +921,39 @@ fn grant<K: Hash + Eq + Clone + fmt::Debug, C>(
     grant: Grant<C>,
     fx: &mut Effects<K, C>,
 ) {
-    let mut cell = slots[idx].cell.lock();
-    cell.state = WaitState::Granted(grant);
-    fx.wake(cell.waker.take());
-    drop(cell);
+    let cell = slots[idx]
+        .cell
+        .take()
+        .expect("a queued waiter has its cell");
+    let mut state = cell.lock();
+    state.state = WaitState::Granted(grant);
+    fx.wake(state.waker.take());
+    drop(state);
     free_slots.push(idx);
+}
+
+/// Closes the idle connection that has waited longest, over all keys, to make room.
+fn evict_oldest_idle<K: Hash + Eq + Clone + fmt::Debug, C>(
+    keys: &mut HashMap<K, KeyState<C>, foldhash::fast::RandomState>,
+    totals: &mut Counters,
+    fx: &mut Effects<K, C>,
+) -> bool {
+    let oldest = keys
+        .iter()
+        .filter_map(|(k, ks)| ks.idle.front().map(|i| (i.since, k)))
+        .min_by_key(|(since, _)| *since)
+        .map(|(_, k)| k.clone());
+    let Some(k) = oldest else { return false };
+    let ks = keys.get_mut(&k).expect("present");
+    let idle = ks.idle.pop_front().expect("has an idle connection");
+    ks.counters.closed += 1;
+    ks.counters.evicted += 1;
+    totals.closed += 1;
+    totals.evicted += 1;
+    ks.closing += 1;
+    fx.close(&k, idle.conn);
+    tracing::debug!(key = ?k, "pool: idle connection closed to make room for another key");
+    true
 }
 
 fn key_stats<C>(ks: &KeyState<C>) -> KeyStats {
@@ -833,6 +966,7 @@ fn key_stats<C>(ks: &KeyState<C>) -> KeyStats {
     s
 }
 
+#[inline]
 fn expired(
     meta: &Meta,
     since: Option<Instant>,
@@ -858,11 +992,12 @@ where
         now: Instant,
         config: &Config,
         fx: &mut Effects<K, C>,
+        spare: &mut Option<Arc<WaitCell<C>>>,
     ) -> Result<Checkout<C>, Refused> {
         if self.closed {
             return Err(Refused::Closed(PoolClosed));
         }
-        let ks = match self.keys.get_mut(key) {
+        let mut ks = match self.keys.get_mut(key) {
             Some(ks) => ks,
             None => self.keys.entry(key.clone()).or_insert_with(KeyState::new),
         };
@@ -914,7 +1049,8 @@ where
                 }
                 // The total is reached: close the idle connection of any key that has waited
                 // longest; its slot comes to the oldest waiter once it is closed.
-                room_made |= self.evict_oldest_idle(fx);
+                room_made |= evict_oldest_idle(&mut self.keys, &mut self.totals, fx);
+                ks = self.keys.get_mut(key).expect("present");
             }
         }
         if self.waiting >= config.max_waiters && !room_made {
@@ -923,35 +1059,24 @@ where
         let seq = self.seq;
         self.seq += 1;
         let deadline = config.checkout_timeout.map(|t| now + t);
+        let cell = spare.take().unwrap_or_else(|| Arc::new(WaitCell::new()));
+        let slot = WaitSlot {
+            seq,
+            deadline,
+            cell: Some(cell.clone()),
+        };
         let idx = match self.free_slots.pop() {
             Some(idx) => {
-                let slot = &mut self.slots[idx];
-                slot.seq = seq;
-                slot.deadline = deadline;
-                if Arc::strong_count(&slot.cell) == 1 {
-                    slot.cell.lock().state = WaitState::Waiting;
-                } else {
-                    // Its last waiter has not yet collected its grant.
-                    slot.cell = Arc::new(WaitCell::new());
-                }
+                self.slots[idx] = slot;
                 idx
             }
             None => {
-                let cell = Arc::new(WaitCell::new());
-                self.slots.push(WaitSlot {
-                    seq,
-                    deadline,
-                    cell,
-                });
+                self.slots.push(slot);
                 self.slots.len() - 1
             }
         };
         self.waiting += 1;
-        self.keys
-            .get_mut(key)
-            .expect("present")
-            .queue
-            .push_back((idx, seq));
+        ks.queue.push_back((idx, seq));
         // Waiters share one timeout, so a new one's deadline is the latest: the upkeep task
         // needs waking only when it is not already watching an earlier one.
         let wake_upkeep = match (deadline, self.upkeep_at) {
@@ -962,7 +1087,6 @@ where
         if wake_upkeep {
             self.upkeep_at = deadline;
         }
-        let cell = self.slots[idx].cell.clone();
         Ok(Checkout::Wait(cell, idx, seq, wake_upkeep))
     }
 
@@ -986,27 +1110,6 @@ where
                 }
             }
         }
-    }
-
-    /// Closes the idle connection that has waited longest, over all keys, to make room.
-    fn evict_oldest_idle(&mut self, fx: &mut Effects<K, C>) -> bool {
-        let oldest = self
-            .keys
-            .iter()
-            .filter_map(|(k, ks)| ks.idle.front().map(|i| (i.since, k)))
-            .min_by_key(|(since, _)| *since)
-            .map(|(_, k)| k.clone());
-        let Some(k) = oldest else { return false };
-        let ks = self.keys.get_mut(&k).expect("present");
-        let idle = ks.idle.pop_front().expect("has an idle connection");
-        ks.counters.closed += 1;
-        ks.counters.evicted += 1;
-        self.totals.closed += 1;
-        self.totals.evicted += 1;
-        ks.closing += 1;
-        fx.close(&k, idle.conn);
-        tracing::debug!(key = ?k, "pool: idle connection closed to make room for another key");
-        true
     }
 
     /// A connection of `key` stops counting (`adjust` takes it off the key's counts): give the
@@ -1070,19 +1173,17 @@ where
         fx: &mut Effects<K, C>,
     ) {
         let closed = self.closed;
-        let total_blocked = self.waiting > 0 && self.live >= config.max_total;
         // An older waiter of another key, held back only by the total, comes first: this
-        // connection is closed to make room for it.
-        let older_elsewhere = if total_blocked {
-            let own_front = self
-                .keys
-                .get(key)
-                .and_then(|ks| ks.queue.front())
-                .map(|&(_, s)| s);
-            self.oldest_waiter_with_room(config)
-                .is_some_and(|(seq, _)| own_front.map_or(true, |own| seq < own))
-        } else {
-            false
+        // connection is closed to make room for it. Only waiters of other keys can be such:
+        // when every waiter is this key's (the common case under contention) the scan is
+        // skipped.
+        let older_elsewhere = self.waiting > 0 && self.live >= config.max_total && {
+            let own = self.keys.get(key).map(|ks| &ks.queue);
+            let own_front = own.and_then(|q| q.front()).map(|&(_, s)| s);
+            self.waiting > own.map_or(0, VecDeque::len)
+                && self
+                    .oldest_waiter_with_room(config)
+                    .is_some_and(|(seq, _)| own_front.map_or(true, |own| seq < own))
         };
         let Some(ks) = self.keys.get_mut(key) else {
             debug_assert!(false, "a leased connection's key has an entry");
