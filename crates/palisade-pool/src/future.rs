@@ -199,19 +199,15 @@ where
                     }
                 }
             }
-            // Checked out by reference: the state was stored just before (by `new`), and
-            // moving it out at once would stall on those stores.
-            let checkout = match &*this.state {
-                State::Start { shared, key } => Some(shared.checkout(key, {
-                    let now = Instant::now();
-                    *this.clock = Some(now);
-                    now
-                })),
-                _ => None,
-            };
-            match std::mem::replace(this.state, State::Done) {
-                State::Start { shared, key } => match checkout.expect("checked out above") {
+            // Checked out by reference, and the result matched where the call left it: the
+            // state was stored just before (by `new`), and moving it, or the result, whole
+            // would re-read those bytes before the stores are done (a stalled load each).
+            if let State::Start { shared, key } = &*this.state {
+                let now = Instant::now();
+                *this.clock = Some(now);
+                match shared.checkout(key, now) {
                     Ok(Checkout::Idle(conn, meta)) => {
+                        let (shared, key) = take_start(this.state);
                         *this.state = State::Leased {
                             lease: Lease::new(shared, key, conn, meta),
                             fresh: false,
@@ -219,6 +215,7 @@ where
                         };
                     }
                     Ok(Checkout::Connect) => {
+                        let (shared, key) = take_start(this.state);
                         let timeout = shared.config.connect_timeout;
                         // The slot's guard first: should arming the timer panic (a runtime
                         // without timers), unwinding still frees the slot.
@@ -226,6 +223,7 @@ where
                         arm_connect_timer(this.timer, this.armed, timeout);
                     }
                     Ok(Checkout::Wait(cell, idx, seq, wake_upkeep)) => {
+                        let (shared, key) = take_start(this.state);
                         // The checkout timeout is kept by the pool's upkeep task, which fails
                         // the waiter with `Grant::TimedOut`: no timer per waiter.
                         shared.start_upkeep();
@@ -234,8 +232,14 @@ where
                         }
                         *this.state = State::Waiting(WaitGuard::new(shared, key, cell, idx, seq));
                     }
-                    Err(refused) => return Poll::Ready(Err(refusal(refused))),
-                },
+                    Err(refused) => {
+                        *this.state = State::Done;
+                        return Poll::Ready(Err(refusal(refused)));
+                    }
+                }
+                continue;
+            }
+            match std::mem::replace(this.state, State::Done) {
                 State::Waiting(mut guard) => match guard.poll(cx) {
                     Poll::Ready((Grant::Conn(conn, meta), shared, key)) => {
                         *this.state = State::Leased {
@@ -339,10 +343,18 @@ where
                         }
                     }
                 }
-                State::Leased { .. } => unreachable!("handled in place above"),
+                State::Start { .. } | State::Leased { .. } => unreachable!("handled above"),
                 State::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+/// The shared state and key out of a `Start` state, leaving `Done`.
+fn take_start<K: PoolKey, Conn>(state: &mut State<K, Conn>) -> (Arc<Shared<K, Conn>>, K) {
+    match std::mem::replace(state, State::Done) {
+        State::Start { shared, key } => (shared, key),
+        _ => unreachable!("only called in the start state"),
     }
 }
 

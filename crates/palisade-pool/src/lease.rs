@@ -24,7 +24,7 @@ pub(crate) type Granted<K, C> = (Grant<C>, Arc<Shared<K, C>>, K);
 pub(crate) struct WaitGuard<K: PoolKey, C> {
     shared: Option<Arc<Shared<K, C>>>,
     key: K,
-    cell: Arc<WaitCell<C>>,
+    cell: Arc<WaitCell<K, C>>,
     idx: usize,
     seq: u64,
 }
@@ -33,7 +33,7 @@ impl<K: PoolKey, C> WaitGuard<K, C> {
     pub(crate) fn new(
         shared: Arc<Shared<K, C>>,
         key: K,
-        cell: Arc<WaitCell<C>>,
+        cell: Arc<WaitCell<K, C>>,
         idx: usize,
         seq: u64,
     ) -> Self {
@@ -73,7 +73,7 @@ impl<K: PoolKey, C: Send + 'static> WaitGuard<K, C> {
 impl<K: PoolKey, C> Drop for WaitGuard<K, C> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            shared.cancel_wait(&self.key, &self.cell, self.idx, self.seq);
+            shared.cancel_wait(&self.cell, self.idx, self.seq);
         }
     }
 }
@@ -99,7 +99,7 @@ impl<K: PoolKey, C> SlotGuard<K, C> {
     {
         let shared = self.shared.take().expect("present");
         let meta = shared.connected(&self.key);
-        if shared.config.sweep_interval().is_some() {
+        if shared.sweeps {
             shared.start_upkeep();
         }
         Lease {
@@ -176,7 +176,7 @@ impl<K: PoolKey, C> Lease<K, C> {
     /// The connection is broken before its request was sent: close it and take its place
     /// with another idle connection of the key, or a slot to connect in
     /// ([`Checkout::Idle`] or [`Checkout::Connect`]).
-    pub(crate) fn replace(mut self) -> (Arc<Shared<K, C>>, K, Checkout<C>) {
+    pub(crate) fn replace(mut self) -> (Arc<Shared<K, C>>, K, Checkout<K, C>) {
         let shared = self.shared.take().expect("present");
         drop(self.conn.take());
         let next = shared.replace_broken(&self.key, Instant::now());
@@ -192,7 +192,7 @@ impl<K: PoolKey, C> Lease<K, C> {
         let conn = self.conn.take().expect("present");
         shared.give_back(&self.key, conn, self.meta, now);
         // An idle connection needs the sweep; it is restarted here if its runtime went away.
-        if shared.config.sweep_interval().is_some() {
+        if shared.sweeps {
             shared.start_upkeep();
         }
     }

@@ -48,14 +48,22 @@ pub(crate) enum Grant<C> {
 }
 
 enum WaitState<C> {
+    /// The grant was taken.
     Vacant,
     Waiting,
     Granted(Grant<C>),
+    /// The waiter left after the pool took it off the queue and before its grant arrived: the
+    /// pool takes the grant back when it comes.
+    Abandoned,
 }
 
-/// Where a waiter's grant is delivered. The pool writes it under its own lock; the waiter
-/// reads it taking only this cell's lock, so a woken waiter does not contend for the pool's.
-pub(crate) struct WaitCell<C> {
+/// Where a waiter's grant is delivered. The pool takes the waiter off its queue under its own
+/// lock and writes the grant here after releasing it; the waiter reads it taking only this
+/// cell's lock. So neither the hand-off nor a woken waiter holds the pool's lock while touching
+/// a cell last written on another core.
+pub(crate) struct WaitCell<K, C> {
+    /// The waiter's key: a grant that arrives after its waiter left goes back under it.
+    key: K,
     inner: Mutex<CellState<C>>,
 }
 
@@ -64,9 +72,10 @@ struct CellState<C> {
     waker: Option<Waker>,
 }
 
-impl<C> WaitCell<C> {
-    fn new() -> Self {
+impl<K, C> WaitCell<K, C> {
+    fn new(key: K) -> Self {
         WaitCell {
+            key,
             inner: Mutex::new(CellState {
                 state: WaitState::Waiting,
                 waker: None,
@@ -94,7 +103,31 @@ impl<C> WaitCell<C> {
                 }
                 Poll::Pending
             }
-            WaitState::Vacant => unreachable!("a waiter polled after it took its grant"),
+            WaitState::Vacant | WaitState::Abandoned => {
+                unreachable!("a waiter polled after it took its grant or left")
+            }
+        }
+    }
+
+    /// Hands `grant` to the waiter and wakes it; `Err(grant)` if it has left.
+    fn deliver(&self, grant: Grant<C>) -> Result<(), Grant<C>> {
+        let mut cell = self.lock();
+        match cell.state {
+            WaitState::Waiting => {
+                cell.state = WaitState::Granted(grant);
+                let waker = cell.waker.take();
+                drop(cell);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                Ok(())
+            }
+            WaitState::Abandoned => Err(grant),
+            // One grant per wait: only a waiter can leave these.
+            WaitState::Vacant | WaitState::Granted(_) => {
+                debug_assert!(false, "a second grant for one wait");
+                Err(grant)
+            }
         }
     }
 }
@@ -105,11 +138,11 @@ impl<C> WaitCell<C> {
 /// Each wait has a new cell, which the pool lets go of when it grants: reusing the cell meant
 /// reading its reference count, last changed by the waiter on another core, inside the pool's
 /// lock (a cache miss on every contended checkout); a new one is made in this core's cache.
-struct WaitSlot<C> {
+struct WaitSlot<K, C> {
     seq: u64,
     deadline: Option<Instant>,
     /// `Some` while the slot's waiter is queued.
-    cell: Option<Arc<WaitCell<C>>>,
+    cell: Option<Arc<WaitCell<K, C>>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -180,7 +213,7 @@ struct Inner<K, C> {
     live: usize,
     waiting: usize,
     closed: bool,
-    slots: Vec<WaitSlot<C>>,
+    slots: Vec<WaitSlot<K, C>>,
     free_slots: Vec<usize>,
     seq: u64,
     totals: Counters,
@@ -189,12 +222,15 @@ struct Inner<K, C> {
     upkeep_at: Option<Instant>,
 }
 
-/// Work to do once the lock is released: close connections (then free their slots), wake
-/// waiters, tell `close` the pool is empty.
+/// A grant for the waiter whose cell this is.
+type Delivery<K, C> = (Arc<WaitCell<K, C>>, Grant<C>);
+
+/// Work to do once the lock is released: close connections (then free their slots), deliver
+/// grants to waiters (waking them), tell `close` the pool is empty.
 #[must_use]
 pub(crate) struct Effects<K, C> {
-    wake: Option<Waker>,
-    more_wakes: Vec<Waker>,
+    deliver: Option<Delivery<K, C>>,
+    more_deliveries: Vec<Delivery<K, C>>,
     close: Option<(K, C)>,
     more_closes: Vec<(K, C)>,
     drained: bool,
@@ -206,21 +242,20 @@ where
 {
     fn new() -> Self {
         Effects {
-            wake: None,
-            more_wakes: Vec::new(),
+            deliver: None,
+            more_deliveries: Vec::new(),
             close: None,
             more_closes: Vec::new(),
             drained: false,
         }
     }
 
-    fn wake(&mut self, waker: Option<Waker>) {
-        if let Some(w) = waker {
-            if self.wake.is_none() {
-                self.wake = Some(w);
-            } else {
-                self.more_wakes.push(w);
-            }
+    /// `grant` is to be handed to the waiter of `cell` (already off its queue).
+    fn deliver(&mut self, cell: Arc<WaitCell<K, C>>, grant: Grant<C>) {
+        if self.deliver.is_none() {
+            self.deliver = Some((cell, grant));
+        } else {
+            self.more_deliveries.push((cell, grant));
         }
     }
 
@@ -237,9 +272,9 @@ where
     /// slot is).
     #[inline]
     fn is_empty(&self) -> bool {
-        let empty = self.close.is_none() && self.wake.is_none() && !self.drained;
+        let empty = self.close.is_none() && self.deliver.is_none() && !self.drained;
         debug_assert!(
-            !empty || (self.more_closes.capacity() == 0 && self.more_wakes.capacity() == 0)
+            !empty || (self.more_closes.capacity() == 0 && self.more_deliveries.capacity() == 0)
         );
         empty
     }
@@ -253,35 +288,54 @@ where
 
     #[inline(never)]
     fn run_all(mut self, shared: &Shared<K, C>) {
-        if self.close.is_some() {
-            let mut keys = Vec::with_capacity(1 + self.more_closes.len());
-            for (key, conn) in self
-                .close
+        // Each round may make more work: a freed slot granted to a waiter, a grant whose
+        // waiter left taken back (and perhaps granted to the next one).
+        loop {
+            if self.close.is_some() {
+                let mut keys = Vec::with_capacity(1 + self.more_closes.len());
+                for (key, conn) in self
+                    .close
+                    .take()
+                    .into_iter()
+                    .chain(self.more_closes.drain(..))
+                {
+                    drop(conn);
+                    keys.push(key);
+                }
+                // Closed now: free the slots (which may grant them to waiters).
+                let mut inner = shared.lock();
+                for key in &keys {
+                    if let Some(ks) = inner.keys.get_mut(key) {
+                        ks.closing -= 1;
+                    }
+                    inner.live -= 1;
+                    inner.grant_free_slot(&shared.config, &mut self);
+                }
+                if inner.closed && inner.live == 0 {
+                    self.drained = true;
+                }
+            }
+            let mut returned: Vec<Delivery<K, C>> = Vec::new();
+            for (cell, grant) in self
+                .deliver
                 .take()
                 .into_iter()
-                .chain(self.more_closes.drain(..))
+                .chain(std::mem::take(&mut self.more_deliveries))
             {
-                drop(conn);
-                keys.push(key);
-            }
-            // Closed now: free the slots (which may wake waiters).
-            let mut inner = shared.lock();
-            for key in &keys {
-                if let Some(ks) = inner.keys.get_mut(key) {
-                    ks.closing -= 1;
+                if let Err(grant) = cell.deliver(grant) {
+                    returned.push((cell, grant));
                 }
-                inner.live -= 1;
-                inner.grant_free_slot(&shared.config, &mut self);
             }
-            if inner.closed && inner.live == 0 {
-                self.drained = true;
+            if returned.is_empty() && self.close.is_none() && self.deliver.is_none() {
+                break;
             }
-        }
-        if let Some(w) = self.wake {
-            w.wake();
-        }
-        for w in self.more_wakes {
-            w.wake();
+            if !returned.is_empty() {
+                let now = Instant::now();
+                let mut inner = shared.lock();
+                for (cell, grant) in returned {
+                    inner.take_back(&cell.key, grant, now, &shared.config, &mut self);
+                }
+            }
         }
         if self.drained {
             shared.drained.notify_waiters();
@@ -302,25 +356,27 @@ where
     inner: Option<MutexGuard<'a, Inner<K, C>>>,
     /// A wait cell made before locking, for a checkout likely to queue (dropped, if unused,
     /// after the lock is released).
-    spare: Spare<C>,
+    spare: Spare<K, C>,
     /// Not dropped in place: `Drop` runs it, or, when it holds nothing, leaves it (its lists
     /// never allocated), which spares the drop glue's call.
     fx: ManuallyDrop<Effects<K, C>>,
 }
 
 /// A wait cell made ahead, if any.
-type Spare<C> = Option<Arc<WaitCell<C>>>;
+type Spare<K, C> = Option<Arc<WaitCell<K, C>>>;
 
 impl<K, C> Op<'_, K, C>
 where
     K: Hash + Eq + Clone + fmt::Debug,
 {
-    fn parts(&mut self) -> (&mut Inner<K, C>, &mut Effects<K, C>, &mut Spare<C>) {
-        (
-            self.inner.as_mut().expect("locked"),
-            &mut self.fx,
-            &mut self.spare,
-        )
+    fn checkout(&mut self, key: &K, now: Instant) -> Result<Checkout<K, C>, Refused> {
+        let inner = self.inner.as_mut().expect("locked");
+        inner.checkout(key, now, &self.shared.config, &mut self.fx, &mut self.spare)
+    }
+
+    fn give_back(&mut self, key: &K, conn: C, meta: Meta, now: Instant) {
+        let inner = self.inner.as_mut().expect("locked");
+        inner.give_back(key, conn, meta, now, &self.shared.config, &mut self.fx);
     }
 }
 
@@ -350,7 +406,7 @@ where
 /// waiters' deadlines have no keeper left, and each, polled again, starts a new upkeep task on
 /// its own runtime (`restart_upkeep`).
 struct RunningFlag<K, C> {
-    running: Arc<AtomicBool>,
+    running: Arc<CacheLines<AtomicBool>>,
     shared: Weak<Shared<K, C>>,
     /// Set once `spawn` has taken the task. A runtime already shut down drops the task inside
     /// `spawn`, on the caller's thread: waking the waiters then would wake the very waiter
@@ -360,7 +416,7 @@ struct RunningFlag<K, C> {
 
 impl<K, C> Drop for RunningFlag<K, C> {
     fn drop(&mut self) {
-        self.running.store(false, Ordering::Release);
+        self.running.0.store(false, Ordering::Release);
         if !self.spawned.load(Ordering::Acquire) {
             return;
         }
@@ -394,6 +450,8 @@ struct CacheLines<T>(T);
 /// The state every service, layer and handle of one pool shares.
 pub(crate) struct Shared<K, C> {
     pub(crate) config: Config,
+    /// Whether the idle sweep runs (`config.sweep_interval()` is set), asked on every return.
+    pub(crate) sweeps: bool,
     /// On cache lines of its own: both cores write it, while they only read `config`.
     inner: CacheLines<Mutex<Inner<K, C>>>,
     /// Whether checkouts were queueing at the end of the last checkout or return: a hint,
@@ -405,7 +463,7 @@ pub(crate) struct Shared<K, C> {
     upkeep: Arc<Notify>,
     /// Whether the upkeep task is alive (it clears this when it ends, including when its
     /// runtime shuts down, so the next user starts it again).
-    upkeep_running: Arc<AtomicBool>,
+    upkeep_running: Arc<CacheLines<AtomicBool>>,
 }
 
 impl<K, C> Drop for Shared<K, C> {
@@ -416,14 +474,14 @@ impl<K, C> Drop for Shared<K, C> {
 }
 
 /// The outcome of a checkout attempt.
-pub(crate) enum Checkout<C> {
+pub(crate) enum Checkout<K, C> {
     /// An idle connection, now leased.
     Idle(C, Meta),
     /// A slot reserved for a new connection: connect.
     Connect,
     /// Queued: wait for a grant in this cell (slot index, sequence number). `true`: the
     /// upkeep task must be woken to watch this waiter's deadline.
-    Wait(Arc<WaitCell<C>>, usize, u64, bool),
+    Wait(Arc<WaitCell<K, C>>, usize, u64, bool),
 }
 
 /// Why a checkout was refused at once.
@@ -447,6 +505,7 @@ where
 {
     pub(crate) fn new(config: Config) -> Self {
         Shared {
+            sweeps: config.sweep_interval().is_some(),
             config,
             inner: CacheLines(Mutex::new(Inner {
                 keys: HashMap::default(),
@@ -463,7 +522,7 @@ where
             queued: AtomicBool::new(false),
             drained: Notify::new(),
             upkeep: Arc::new(Notify::new()),
-            upkeep_running: Arc::new(AtomicBool::new(false)),
+            upkeep_running: Arc::new(CacheLines(AtomicBool::new(false))),
         }
     }
 
@@ -474,7 +533,7 @@ where
     }
 
     /// Locks the pool for one operation; see [`Op`].
-    fn op(&self, spare: Option<Arc<WaitCell<C>>>) -> Op<'_, K, C> {
+    fn op(&self, spare: Spare<K, C>) -> Op<'_, K, C> {
         Op {
             shared: self,
             inner: Some(self.lock()),
@@ -484,50 +543,52 @@ where
     }
 
     /// Takes an idle connection of `key`, reserves a slot to connect, or queues.
-    pub(crate) fn checkout(&self, key: &K, now: Instant) -> Result<Checkout<C>, Refused> {
+    pub(crate) fn checkout(&self, key: &K, now: Instant) -> Result<Checkout<K, C>, Refused> {
         // Checkouts were queueing a moment ago: this one likely will, and its cell is made
         // now rather than inside the lock.
         let spare = self
             .queued
             .load(Ordering::Relaxed)
-            .then(|| Arc::new(WaitCell::new()));
-        let mut op = self.op(spare);
-        let (inner, fx, spare) = op.parts();
-        inner.checkout(key, now, &self.config, fx, spare)
+            .then(|| Arc::new(WaitCell::new(key.clone())));
+        self.op(spare).checkout(key, now)
     }
 
-    /// A waiter gave up (dropped): leave the queue, or pass on what it was handed.
-    pub(crate) fn cancel_wait(&self, key: &K, cell: &WaitCell<C>, idx: usize, seq: u64) {
+    /// A waiter gave up (dropped): leave the queue, or pass on what it was handed, or (its
+    /// grant not delivered yet) leave word for the pool to take the grant back on arrival.
+    pub(crate) fn cancel_wait(&self, cell: &Arc<WaitCell<K, C>>, idx: usize, seq: u64) {
         let mut fx = Effects::new();
         {
             let mut inner = self.lock();
-            let state = std::mem::replace(&mut cell.lock().state, WaitState::Vacant);
-            match state {
+            let mut cell_state = cell.lock();
+            match std::mem::replace(&mut cell_state.state, WaitState::Vacant) {
                 WaitState::Waiting => {
-                    // Still queued, so the slot is still this waiter's.
-                    debug_assert_eq!(inner.slots[idx].seq, seq);
-                    inner.slots[idx].cell = None;
-                    inner.waiting -= 1;
-                    inner.free_slots.push(idx);
-                    if let Some(ks) = inner.keys.get_mut(key) {
-                        let pos = ks.queue.iter().position(|&(i, s)| i == idx && s == seq);
-                        if let Some(pos) = pos {
-                            ks.queue.remove(pos);
+                    // Still queued while the slot holds this very cell.
+                    let queued = inner.slots[idx]
+                        .cell
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, cell));
+                    if queued {
+                        debug_assert_eq!(inner.slots[idx].seq, seq);
+                        drop(cell_state);
+                        inner.slots[idx].cell = None;
+                        inner.waiting -= 1;
+                        inner.free_slots.push(idx);
+                        if let Some(ks) = inner.keys.get_mut(&cell.key) {
+                            let pos = ks.queue.iter().position(|&(i, s)| i == idx && s == seq);
+                            if let Some(pos) = pos {
+                                ks.queue.remove(pos);
+                            }
                         }
+                    } else {
+                        // Taken off the queue; the grant is on its way.
+                        cell_state.state = WaitState::Abandoned;
                     }
                 }
-                WaitState::Granted(Grant::Conn(conn, meta)) => {
-                    // Handed over but never used: not a reuse.
-                    inner.totals.reused = inner.totals.reused.saturating_sub(1);
-                    if let Some(ks) = inner.keys.get_mut(key) {
-                        ks.counters.reused = ks.counters.reused.saturating_sub(1);
-                    }
-                    inner.give_back(key, conn, meta, Instant::now(), &self.config, &mut fx);
+                WaitState::Granted(grant) => {
+                    drop(cell_state);
+                    inner.take_back(&cell.key, grant, Instant::now(), &self.config, &mut fx);
                 }
-                WaitState::Granted(Grant::Connect) => {
-                    inner.release_slot(key, &self.config, &mut fx, |ks| ks.connecting -= 1);
-                }
-                WaitState::Granted(Grant::Closed | Grant::TimedOut) | WaitState::Vacant => {}
+                WaitState::Abandoned | WaitState::Vacant => {}
             }
         }
         fx.run(self);
@@ -625,7 +686,7 @@ where
     /// A leased connection turned out broken before its request was sent (`conn` is already
     /// dropped): its slot serves the same checkout, which keeps its turn — with another idle
     /// connection of the key if there is one, else by connecting.
-    pub(crate) fn replace_broken(&self, key: &K, now: Instant) -> Checkout<C> {
+    pub(crate) fn replace_broken(&self, key: &K, now: Instant) -> Checkout<K, C> {
         let mut fx = Effects::new();
         let next = {
             let mut inner = self.lock();
@@ -677,9 +738,7 @@ where
     /// A leased connection is ready for another request: hand it to the oldest waiter, or
     /// keep it idle (closing it if it expired, the pool closed, or the key has enough idle).
     pub(crate) fn give_back(&self, key: &K, conn: C, meta: Meta, now: Instant) {
-        let mut op = self.op(None);
-        let (inner, fx, _) = op.parts();
-        inner.give_back(key, conn, meta, now, &self.config, fx);
+        self.op(None).give_back(key, conn, meta, now);
     }
 
     /// A leased connection is broken, or its request was abandoned: close it, then free its
@@ -734,18 +793,28 @@ where
 
     /// Starts the upkeep task once, on the current tokio runtime: the idle sweep, and the
     /// checkout timeouts of all waiters (one timer for the pool instead of one per waiter).
+    #[inline]
     pub(crate) fn start_upkeep(self: &Arc<Self>)
     where
-        K: Send + 'static,
+        K: Send + Sync + 'static,
         C: Send + 'static,
     {
-        if self.upkeep_running.load(Ordering::Acquire)
-            || self.upkeep_running.swap(true, Ordering::AcqRel)
-        {
+        if !self.upkeep_running.0.load(Ordering::Acquire) {
+            self.spawn_upkeep();
+        }
+    }
+
+    #[inline(never)]
+    fn spawn_upkeep(self: &Arc<Self>)
+    where
+        K: Send + Sync + 'static,
+        C: Send + 'static,
+    {
+        if self.upkeep_running.0.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.upkeep_running.store(false, Ordering::Release);
+            self.upkeep_running.0.store(false, Ordering::Release);
             tracing::warn!(
                 "pool: no tokio runtime; expired connections are closed only on checkout and \
                  return, and waiters do not time out"
@@ -805,14 +874,14 @@ where
     /// than when the new task first runs. True when it started one.
     pub(crate) fn restart_upkeep(self: &Arc<Self>) -> bool
     where
-        K: Send + 'static,
+        K: Send + Sync + 'static,
         C: Send + 'static,
     {
-        if self.upkeep_running.load(Ordering::Acquire) {
+        if self.upkeep_running.0.load(Ordering::Acquire) {
             return false;
         }
         self.start_upkeep();
-        if !self.upkeep_running.load(Ordering::Acquire) {
+        if !self.upkeep_running.0.load(Ordering::Acquire) {
             // No runtime here: nothing keeps deadlines (`start_upkeep` said so).
             return false;
         }
@@ -915,7 +984,7 @@ where
 /// Delivers `grant` to the waiter in slot `idx` (already off its queue) and frees the slot;
 /// the waiter keeps its cell.
 fn grant<K: Hash + Eq + Clone + fmt::Debug, C>(
-    slots: &mut [WaitSlot<C>],
+    slots: &mut [WaitSlot<K, C>],
     free_slots: &mut Vec<usize>,
     idx: usize,
     grant: Grant<C>,
@@ -925,10 +994,7 @@ fn grant<K: Hash + Eq + Clone + fmt::Debug, C>(
         .cell
         .take()
         .expect("a queued waiter has its cell");
-    let mut state = cell.lock();
-    state.state = WaitState::Granted(grant);
-    fx.wake(state.waker.take());
-    drop(state);
+    fx.deliver(cell, grant);
     free_slots.push(idx);
 }
 
@@ -992,8 +1058,8 @@ where
         now: Instant,
         config: &Config,
         fx: &mut Effects<K, C>,
-        spare: &mut Option<Arc<WaitCell<C>>>,
-    ) -> Result<Checkout<C>, Refused> {
+        spare: &mut Spare<K, C>,
+    ) -> Result<Checkout<K, C>, Refused> {
         if self.closed {
             return Err(Refused::Closed(PoolClosed));
         }
@@ -1059,7 +1125,9 @@ where
         let seq = self.seq;
         self.seq += 1;
         let deadline = config.checkout_timeout.map(|t| now + t);
-        let cell = spare.take().unwrap_or_else(|| Arc::new(WaitCell::new()));
+        let cell = spare
+            .take()
+            .unwrap_or_else(|| Arc::new(WaitCell::new(key.clone())));
         let slot = WaitSlot {
             seq,
             deadline,
@@ -1088,6 +1156,29 @@ where
             self.upkeep_at = deadline;
         }
         Ok(Checkout::Wait(cell, idx, seq, wake_upkeep))
+    }
+
+    /// A grant its waiter will never use (the waiter left): a connection goes back, not
+    /// counted as a reuse; a reserved slot is freed.
+    fn take_back(
+        &mut self,
+        key: &K,
+        grant: Grant<C>,
+        now: Instant,
+        config: &Config,
+        fx: &mut Effects<K, C>,
+    ) {
+        match grant {
+            Grant::Conn(conn, meta) => {
+                self.totals.reused = self.totals.reused.saturating_sub(1);
+                if let Some(ks) = self.keys.get_mut(key) {
+                    ks.counters.reused = ks.counters.reused.saturating_sub(1);
+                }
+                self.give_back(key, conn, meta, now, config, fx);
+            }
+            Grant::Connect => self.release_slot(key, config, fx, |ks| ks.connecting -= 1),
+            Grant::Closed | Grant::TimedOut => {}
+        }
     }
 
     /// One failed connect of `key`: counted, and towards its backoff.
@@ -1335,5 +1426,99 @@ where
         z ^= z >> 31;
         let nanos = jitter.as_nanos().min(u64::MAX as u128) as u64;
         Duration::from_nanos(z % (nanos + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_slot() -> Arc<Shared<&'static str, u32>> {
+        let config = Config::builder()
+            .max_connections_per_key(1)
+            .max_connections(1)
+            .build()
+            .unwrap();
+        Arc::new(Shared::new(config))
+    }
+
+    /// A connection leased, and a waiter queued behind it.
+    fn leased_and_waiter(
+        shared: &Shared<&'static str, u32>,
+    ) -> (Meta, Arc<WaitCell<&'static str, u32>>, usize, u64) {
+        let now = Instant::now();
+        assert!(matches!(shared.checkout(&"k", now), Ok(Checkout::Connect)));
+        let meta = shared.connected(&"k");
+        let Ok(Checkout::Wait(cell, idx, seq, _)) = shared.checkout(&"k", now) else {
+            panic!("the second checkout waits");
+        };
+        (meta, cell, idx, seq)
+    }
+
+    /// The window the hand-off leaves open: the waiter is off its queue (under the pool's
+    /// lock), its grant not yet written (after the lock), and it leaves. The grant must come
+    /// back to the pool instead of being lost with the cell.
+    #[test]
+    fn a_connection_handed_to_a_waiter_that_left_before_delivery_comes_back() {
+        let shared = one_slot();
+        let (meta, cell, idx, seq) = leased_and_waiter(&shared);
+        let mut fx = Effects::new();
+        shared
+            .lock()
+            .give_back(&"k", 7, meta, Instant::now(), &shared.config, &mut fx);
+        assert_eq!(shared.stats().total.waiters, 0, "off the queue");
+        shared.cancel_wait(&cell, idx, seq);
+        drop(cell);
+        fx.run(&shared);
+        let t = shared.stats().total;
+        assert_eq!((t.idle, t.leased, t.waiters), (1, 0, 0), "{t:?}");
+        assert_eq!(t.reused, 0, "handed over but never used: {t:?}");
+        // The connection is the one given back, and the next checkout gets it.
+        match shared.checkout(&"k", Instant::now()) {
+            Ok(Checkout::Idle(conn, _)) => assert_eq!(conn, 7),
+            _ => panic!("the connection was idle"),
+        }
+    }
+
+    /// The same for a slot: a waiter granted a connect that it left before receiving frees it.
+    #[test]
+    fn a_slot_granted_to_a_waiter_that_left_before_delivery_is_freed() {
+        let shared = one_slot();
+        let (_meta, cell, idx, seq) = leased_and_waiter(&shared);
+        let mut fx = Effects::new();
+        {
+            let mut inner = shared.lock();
+            inner.totals.closed += 1;
+            inner.release_slot(&"k", &shared.config, &mut fx, |ks| ks.leased -= 1);
+        }
+        shared.cancel_wait(&cell, idx, seq);
+        drop(cell);
+        fx.run(&shared);
+        let t = shared.stats().total;
+        assert_eq!(
+            (t.idle, t.leased, t.connecting, t.waiters),
+            (0, 0, 0, 0),
+            "{t:?}"
+        );
+        assert_eq!(shared.live(), 0);
+        assert!(matches!(
+            shared.checkout(&"k", Instant::now()),
+            Ok(Checkout::Connect)
+        ));
+    }
+
+    /// A waiter that leaves after its grant arrived (the ordinary case) hands it back too.
+    #[test]
+    fn a_connection_delivered_to_a_waiter_that_then_left_comes_back() {
+        let shared = one_slot();
+        let (meta, cell, idx, seq) = leased_and_waiter(&shared);
+        shared.give_back(&"k", 7, meta, Instant::now());
+        shared.cancel_wait(&cell, idx, seq);
+        let t = shared.stats().total;
+        assert_eq!(
+            (t.idle, t.leased, t.waiters, t.reused),
+            (1, 0, 0, 0),
+            "{t:?}"
+        );
     }
 }
