@@ -1,11 +1,12 @@
 //! The pool's bookkeeping: per-key idle lists, slot counts, FIFO wait queues and the hand-off
 //! of connections and free slots to waiters. No tower types: a connection is any value.
 //!
-//! Every change happens under one mutex, held only for bookkeeping: connections are dropped
-//! and waiters woken after it is released (see [`Effects`]). A waiter is registered under the
-//! same lock that found no idle connection and no free slot, and every connection returned or
-//! slot freed is handed to the oldest waiter directly, so a wake-up can neither be lost nor
-//! stolen by a later arrival.
+//! Every change happens under one mutex, held only for bookkeeping: connections are dropped,
+//! grants written into the waiters' cells and waiters woken after it is released (see
+//! [`Effects`]). A waiter is registered under the same lock that found no idle connection and
+//! no free slot, and every connection returned or slot freed is assigned to the oldest waiter
+//! directly (taken off its queue under the lock), so a wake-up can neither be lost nor stolen
+//! by a later arrival.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
