@@ -171,29 +171,12 @@ where
                     // The request was not sent, and this checkout keeps its turn: the slot is
                     // reused for another idle connection of the key or a new one.
                     Poll::Ready(Err(_)) | Poll::Pending => {
-                        let (shared, key, next) = take_lease(this.state).replace();
+                        let (shared, key, next) = take_lease(this.state).replace(false);
                         tracing::debug!(key = ?key, "pool: connection broken at checkout; replaced");
-                        match next {
-                            Checkout::Idle(conn, meta) => {
-                                *this.state = State::Leased {
-                                    lease: Lease::new(shared, key, conn, meta),
-                                    fresh: false,
-                                    calling: false,
-                                };
-                            }
-                            _ => {
-                                // Not after close, nor while the key is in backoff: the slot
-                                // is freed (the guard dropped) and the checkout refused.
-                                let refused = shared.may_connect(&key);
-                                let timeout = shared.config.connect_timeout;
-                                let slot = SlotGuard::new(shared, key);
-                                if let Err(refused) = refused {
-                                    drop(slot);
-                                    return Poll::Ready(Err(refusal(refused)));
-                                }
-                                *this.state = State::Connecting(slot);
-                                arm_connect_timer(this.timer, this.armed, timeout);
-                            }
+                        if let Err(e) =
+                            take_next(this.state, this.timer, this.armed, shared, key, next)
+                        {
+                            return Poll::Ready(Err(e));
                         }
                         continue;
                     }
@@ -242,8 +225,24 @@ where
             match std::mem::replace(this.state, State::Done) {
                 State::Waiting(mut guard) => match guard.poll(cx) {
                     Poll::Ready((Grant::Conn(conn, meta), shared, key)) => {
+                        let lease = Lease::new(shared, key, conn, meta);
+                        // Handed over in time, collected a wake-up later past its lifetime:
+                        // not used; closed, and its slot serves this checkout.
+                        if meta.expires.is_some_and(|at| Instant::now() >= at) {
+                            let (shared, key, next) = lease.replace(true);
+                            tracing::debug!(
+                                key = ?key,
+                                "pool: handed-over connection past its lifetime; replaced"
+                            );
+                            if let Err(e) =
+                                take_next(this.state, this.timer, this.armed, shared, key, next)
+                            {
+                                return Poll::Ready(Err(e));
+                            }
+                            continue;
+                        }
                         *this.state = State::Leased {
-                            lease: Lease::new(shared, key, conn, meta),
+                            lease,
                             fresh: false,
                             calling: false,
                         };
@@ -348,6 +347,40 @@ where
             }
         }
     }
+}
+
+/// After a leased connection was closed unused and replaced (`next`: another idle connection
+/// of the key, or its slot to connect in): lease that one, or connect — unless the pool has
+/// closed or the key is in backoff, when the slot is freed and the checkout refused.
+fn take_next<K: PoolKey, Conn>(
+    state: &mut State<K, Conn>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut Duration,
+    shared: Arc<Shared<K, Conn>>,
+    key: K,
+    next: Checkout<K, Conn>,
+) -> Result<(), BoxError> {
+    match next {
+        Checkout::Idle(conn, meta) => {
+            *state = State::Leased {
+                lease: Lease::new(shared, key, conn, meta),
+                fresh: false,
+                calling: false,
+            };
+        }
+        _ => {
+            let refused = shared.may_connect(&key);
+            let timeout = shared.config.connect_timeout;
+            let slot = SlotGuard::new(shared, key);
+            if let Err(refused) = refused {
+                drop(slot);
+                return Err(refusal(refused));
+            }
+            *state = State::Connecting(slot);
+            arm_connect_timer(timer, armed, timeout);
+        }
+    }
+    Ok(())
 }
 
 /// The shared state and key out of a `Start` state, leaving `Done`.

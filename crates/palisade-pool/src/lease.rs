@@ -99,9 +99,7 @@ impl<K: PoolKey, C> SlotGuard<K, C> {
     {
         let shared = self.shared.take().expect("present");
         let meta = shared.connected(&self.key);
-        if shared.sweeps {
-            shared.start_upkeep();
-        }
+        shared.start_upkeep();
         Lease {
             shared: Some(shared),
             key: self.key.clone(),
@@ -173,13 +171,13 @@ impl<K: PoolKey, C> Lease<K, C> {
         (shared, self.key.clone())
     }
 
-    /// The connection is broken before its request was sent: close it and take its place
-    /// with another idle connection of the key, or a slot to connect in
-    /// ([`Checkout::Idle`] or [`Checkout::Connect`]).
-    pub(crate) fn replace(mut self) -> (Arc<Shared<K, C>>, K, Checkout<K, C>) {
+    /// The connection is broken before its request was sent, or (`expired`) handed over but
+    /// collected past its lifetime: close it and take its place with another idle connection
+    /// of the key, or a slot to connect in ([`Checkout::Idle`] or [`Checkout::Connect`]).
+    pub(crate) fn replace(mut self, expired: bool) -> (Arc<Shared<K, C>>, K, Checkout<K, C>) {
         let shared = self.shared.take().expect("present");
         drop(self.conn.take());
-        let next = shared.replace_broken(&self.key, Instant::now());
+        let next = shared.replace_unused(&self.key, Instant::now(), expired);
         (shared, self.key.clone(), next)
     }
 
@@ -192,9 +190,7 @@ impl<K: PoolKey, C> Lease<K, C> {
         let conn = self.conn.take().expect("present");
         shared.give_back(&self.key, conn, self.meta, now);
         // An idle connection needs the sweep; it is restarted here if its runtime went away.
-        if shared.sweeps {
-            shared.start_upkeep();
-        }
+        shared.start_upkeep();
     }
 
     /// The request is done: the connection goes back once it is ready for the next one. The

@@ -451,8 +451,6 @@ struct CacheLines<T>(T);
 /// The state every service, layer and handle of one pool shares.
 pub(crate) struct Shared<K, C> {
     pub(crate) config: Config,
-    /// Whether the idle sweep runs (`config.sweep_interval()` is set), asked on every return.
-    pub(crate) sweeps: bool,
     /// On cache lines of its own: both cores write it, while they only read `config`.
     inner: CacheLines<Mutex<Inner<K, C>>>,
     /// Whether checkouts were queueing at the end of the last checkout or return: a hint,
@@ -506,7 +504,6 @@ where
 {
     pub(crate) fn new(config: Config) -> Self {
         Shared {
-            sweeps: config.sweep_interval().is_some(),
             config,
             inner: CacheLines(Mutex::new(Inner {
                 keys: HashMap::default(),
@@ -684,15 +681,24 @@ where
         Ok(())
     }
 
-    /// A leased connection turned out broken before its request was sent (`conn` is already
-    /// dropped): its slot serves the same checkout, which keeps its turn — with another idle
-    /// connection of the key if there is one, else by connecting.
-    pub(crate) fn replace_broken(&self, key: &K, now: Instant) -> Checkout<K, C> {
+    /// A leased connection turned out broken before its request was sent, or past its
+    /// lifetime (`past_lifetime`: counted as evicted), and is already dropped: its slot serves the
+    /// same checkout, which keeps its turn — with another idle connection of the key if there
+    /// is one, else by connecting.
+    pub(crate) fn replace_unused(
+        &self,
+        key: &K,
+        now: Instant,
+        past_lifetime: bool,
+    ) -> Checkout<K, C> {
         let mut fx = Effects::new();
         let next = {
             let mut inner = self.lock();
             let inner = &mut *inner;
             inner.totals.closed += 1;
+            if past_lifetime {
+                inner.totals.evicted += 1;
+            }
             // It served nothing: its checkout does not count as a reuse.
             inner.totals.reused = inner.totals.reused.saturating_sub(1);
             let ks = inner
@@ -700,6 +706,9 @@ where
                 .get_mut(key)
                 .expect("a leased connection's key has an entry");
             ks.counters.closed += 1;
+            if past_lifetime {
+                ks.counters.evicted += 1;
+            }
             ks.counters.reused = ks.counters.reused.saturating_sub(1);
             ks.leased -= 1;
             let mut next = None;

@@ -285,6 +285,27 @@ async fn a_key_with_nothing_left_is_forgotten_by_the_sweep() {
     assert_eq!((stats.total.opened, stats.total.evicted), (1, 1));
 }
 
+/// With no idle timeout and no lifetime nothing expires, but the sweep still runs and forgets
+/// a key with nothing left: one entry per key ever used would otherwise pile up for good.
+#[tokio::test(start_paused = true)]
+async fn a_key_with_nothing_left_is_forgotten_even_when_nothing_expires() {
+    let connector = Connector::new();
+    let config = limits(1, 2).no_idle_timeout().build().unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    // The connection breaks after its request: discarded, the key has nothing left.
+    send_now(&mut pool, Req::new("a").break_after());
+    send_now(&mut pool, Req::new("b"));
+    settle().await;
+    assert_eq!(handle.stats().keys.len(), 2);
+    advance(Duration::from_secs(31)).await;
+    settle().await;
+    let stats = handle.stats();
+    // "b" keeps its idle connection (it never expires); "a" is forgotten.
+    let keys: Vec<_> = stats.keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["b"]);
+    assert_eq!(stats.total.idle, 1);
+}
+
 /// A connection's idle time starts when it comes back, not when it was checked out: a call
 /// that took 8 s, then 5 s idle, is 5 s idle (under a 10 s idle timeout), and is reused.
 #[tokio::test(start_paused = true)]

@@ -206,6 +206,33 @@ async fn a_connection_past_its_lifetime_is_not_handed_to_a_waiter() {
     assert_eq!(connector.violations(), Vec::<String>::new());
 }
 
+/// Handed to a waiter within its lifetime, but collected after it (the waiter's task ran a
+/// wake-up later): the connection is not used either; it is closed, and the waiter connects
+/// a new one in its slot.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_connection_collected_past_its_lifetime_is_not_used() {
+    let connector = Connector::with_limits(1, 1);
+    let (mut pool, handle) = pool(lifetime_config(1), &connector);
+    let (r0, t0) = Req::new("k").id(0).held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let mut waiter = start(&mut pool, Req::new("k").id(1));
+    pending(&mut waiter);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    t0.send(()).unwrap();
+    ok(&mut f0);
+    // Handed over at 9 s, within its lifetime.
+    assert!(!connector.conn(1).is_dropped());
+    assert!(waiter.is_woken());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(ok(&mut waiter).conn, 2);
+    assert!(connector.conn(1).is_dropped());
+    let k = key(&handle, "k");
+    assert_eq!((k.opened, k.evicted, k.reused), (2, 1, 0));
+    assert_eq!(connector.violations(), Vec::<String>::new());
+    assert_quiet(&handle.stats());
+}
+
 // (d) Over-approval -------------------------------------------------------------------------------
 
 /// Each checkout connects at most once, however often it is polled: with a per-key limit of 2,
