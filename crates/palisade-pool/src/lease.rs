@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::pool::{Checkout, Grant, Meta, Shared, WaitCell};
+use crate::pool::{close_conn, Checkout, Grant, Meta, Shared, WaitCell};
 
 /// What a pool key must be: hashable, comparable, cheap enough to clone once per checkout,
 /// printable for `tracing` events, and shareable between tasks. Implemented for every such type.
@@ -176,7 +176,9 @@ impl<K: PoolKey, C> Lease<K, C> {
     /// of the key, or a slot to connect in ([`Checkout::Idle`] or [`Checkout::Connect`]).
     pub(crate) fn replace(mut self, expired: bool) -> (Arc<Shared<K, C>>, K, Checkout<K, C>) {
         let shared = self.shared.take().expect("present");
-        drop(self.conn.take());
+        if let Some(conn) = self.conn.take() {
+            close_conn(conn);
+        }
         let next = shared.replace_unused(&self.key, Instant::now(), expired);
         (shared, self.key.clone(), next)
     }

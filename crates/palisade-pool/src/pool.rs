@@ -300,7 +300,7 @@ where
                     .into_iter()
                     .chain(self.more_closes.drain(..))
                 {
-                    drop(conn);
+                    close_conn(conn);
                     keys.push(key);
                 }
                 // Closed now: free the slots (which may grant them to waiters).
@@ -631,7 +631,7 @@ where
     /// A new connection failed, or timed out, before it was first ready: a failed connect
     /// (counted, and towards the backoff), and a connection closed.
     pub(crate) fn fresh_failed(&self, key: &K, conn: C, error: &dyn fmt::Display) {
-        drop(conn);
+        close_conn(conn);
         let now = Instant::now();
         let mut fx = Effects::new();
         {
@@ -754,7 +754,7 @@ where
     /// A leased connection is broken, or its request was abandoned: close it, then free its
     /// slot.
     pub(crate) fn discard(&self, key: &K, conn: C) {
-        drop(conn);
+        close_conn(conn);
         let mut fx = Effects::new();
         {
             let mut inner = self.lock();
@@ -991,8 +991,25 @@ where
     }
 }
 
-/// Delivers `grant` to the waiter in slot `idx` (already off its queue) and frees the slot;
-/// the waiter keeps its cell.
+/// Drops a connection the pool closes. A panic in its `Drop` is caught and reported (a
+/// `tracing` error; the panic hook has printed it too), not passed on: the bookkeeping that
+/// follows — its slot, and the rest of the same batch of effects, such as grants to waiters
+/// already taken off their queues — must still happen, and the caller, a checkout or return
+/// of some other request, has nothing to do with that connection.
+pub(crate) fn close_conn<C>(conn: C) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(conn)));
+    if let Err(panic) = dropped {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".to_owned());
+        tracing::error!(panic = %message, "pool: a connection panicked while being closed");
+    }
+}
+
+/// Assigns `grant` to the waiter in slot `idx` (already off its queue) and frees the slot:
+/// the grant is written into the waiter's cell once the lock is released (see `Effects`).
 fn grant<K: Hash + Eq + Clone + fmt::Debug, C>(
     slots: &mut [WaitSlot<K, C>],
     free_slots: &mut Vec<usize>,
@@ -1515,6 +1532,62 @@ mod tests {
             shared.checkout(&"k", Instant::now()),
             Ok(Checkout::Connect)
         ));
+    }
+
+    /// A slot granted to a waiter, the pool closed, the waiter gone, all before the delivery:
+    /// the take-back frees the slot and the pool reports itself drained.
+    #[tokio::test]
+    async fn a_close_between_grant_and_delivery_then_the_waiter_leaving_drains() {
+        let shared = one_slot();
+        let (_meta, cell, idx, seq) = leased_and_waiter(&shared);
+        let mut fx = Effects::new();
+        {
+            let mut inner = shared.lock();
+            inner.totals.closed += 1;
+            inner.release_slot(&"k", &shared.config, &mut fx, |ks| ks.leased -= 1);
+        }
+        assert_eq!(shared.close(), 0);
+        let drained = shared.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        shared.cancel_wait(&cell, idx, seq);
+        drop(cell);
+        fx.run(&shared);
+        let t = shared.stats().total;
+        assert_eq!((t.leased, t.connecting, t.waiters), (0, 0, 0), "{t:?}");
+        assert_eq!(shared.live(), 0);
+        assert!(
+            futures::poll!(drained.as_mut()).is_ready(),
+            "close is told the pool is empty"
+        );
+    }
+
+    /// A connection taken back from a waiter that left goes to a waiter that queued in the
+    /// window, counted as one reuse.
+    #[test]
+    fn a_taken_back_connection_reaches_a_waiter_that_queued_meanwhile() {
+        let shared = one_slot();
+        let (meta, cell, idx, seq) = leased_and_waiter(&shared);
+        let mut fx = Effects::new();
+        shared
+            .lock()
+            .give_back(&"k", 7, meta, Instant::now(), &shared.config, &mut fx);
+        shared.cancel_wait(&cell, idx, seq);
+        let Ok(Checkout::Wait(cell2, _, _, _)) = shared.checkout(&"k", Instant::now()) else {
+            panic!("the newcomer waits behind the connection in flight");
+        };
+        fx.run(&shared);
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match cell2.poll(&mut cx) {
+            Poll::Ready(Grant::Conn(7, _)) => {}
+            _ => panic!("the newcomer got the connection"),
+        }
+        let t = shared.stats().total;
+        assert_eq!(
+            (t.leased, t.waiters, t.reused, t.idle),
+            (1, 0, 1, 0),
+            "{t:?}"
+        );
     }
 
     /// A waiter that leaves after its grant arrived (the ordinary case) hands it back too.

@@ -633,3 +633,35 @@ pub fn limits(per_key: usize, total: usize) -> palisade_pool::ConfigBuilder {
         .max_connections_per_key(per_key)
         .max_connections(total)
 }
+
+/// A small deterministic generator (xorshift64*), one per task.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Polls `fut` at most `polls` times, yielding between; drops it unfinished after that.
+pub async fn poll_at_most<F: std::future::Future>(fut: F, polls: u64) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        if let std::task::Poll::Ready(out) = futures::poll!(fut.as_mut()) {
+            return Some(out);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
