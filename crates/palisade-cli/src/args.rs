@@ -125,6 +125,21 @@ pub(crate) fn template(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The characters of an id left as they are in its URL: RFC 3986's unreserved ones. Every
+/// other byte is percent-encoded, so an id is one path segment or one query value whatever it
+/// contains (`a&b` is not two query parameters, `é` is valid in a URL).
+const ID_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The URL of `id`: the template with `{id}` replaced by the id, percent-encoded.
+pub(crate) fn url_for(template: &str, id: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(id, ID_KEEP).to_string();
+    template.replace("{id}", &encoded)
+}
+
 /// Ids from a file, one per line; blank lines and `#` comments are skipped, and an id listed
 /// twice is fetched once. Returns the ids in file order and how many repeats were dropped.
 pub(crate) fn ids_from_file(path: &Path) -> Result<(Vec<String>, usize), String> {
@@ -164,6 +179,26 @@ pub(crate) fn ids_from_file(path: &Path) -> Result<(Vec<String>, usize), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_percent_encoded_into_the_url() {
+        let t = "http://a.example/items/{id}?v={id}";
+        assert_eq!(url_for(t, "42"), "http://a.example/items/42?v=42");
+        assert_eq!(
+            url_for(t, "A-z_0.9~"),
+            "http://a.example/items/A-z_0.9~?v=A-z_0.9~"
+        );
+        // One query value, not two parameters; data, not an escape.
+        assert_eq!(
+            url_for("http://a.example/q?id={id}&x=1", "a&b=c"),
+            "http://a.example/q?id=a%26b%3Dc&x=1"
+        );
+        assert_eq!(url_for(t, "50%"), "http://a.example/items/50%25?v=50%25");
+        // Not ASCII: valid in a URL once encoded (it was refused before).
+        let u = url_for(t, "é");
+        assert_eq!(u, "http://a.example/items/%C3%A9?v=%C3%A9");
+        assert!(u.parse::<http::Uri>().is_ok());
+    }
 
     #[test]
     fn durations() {

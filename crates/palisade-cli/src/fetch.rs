@@ -182,7 +182,7 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
     // input (exit 2), not a failed item.
     if let Some(bad) = ids
         .iter()
-        .find(|id| a.template.replace("{id}", id).parse::<http::Uri>().is_err())
+        .find(|id| args::url_for(&a.template, id).parse::<http::Uri>().is_err())
     {
         return Err(format!(
             "id {bad:?} does not make a valid URL with {:?}",
@@ -228,7 +228,7 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
         .into_iter()
         .filter(|id| !skip.contains(id))
         .map(|id| Job {
-            url: a.template.replace("{id}", &id),
+            url: args::url_for(&a.template, &id),
             id,
         })
         .collect();

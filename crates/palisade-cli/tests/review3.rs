@@ -202,15 +202,55 @@ async fn an_ids_file_with_a_bom_reads_its_first_id_whole() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
 
-/// An id that cannot go in a URL (`<x>`) is bad input: exit 2 up front with one line, as
-/// for an id with a space, '/', '?' or '#' — not a run that fetches the others and writes a
-/// `builder` error line for it.
+/// An id with characters a URL cannot hold as they are (`<x>`, `a&b`, `é`) is data: it is sent
+/// percent-encoded, one path segment, and written to the output under its own spelling. (It
+/// was refused as bad input before ids were encoded, and `a&b` in a query would have been two
+/// parameters.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_that_cannot_be_in_a_url_is_bad_input() {
+async fn an_id_with_characters_a_url_cannot_hold_is_sent_percent_encoded() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let dir = scratch("encoded-id");
+    let ids = dir.join("ids.txt");
+    std::fs::write(&ids, "1\n<x>\na&b\né\n").unwrap();
+    let out = dir.join("results.jsonl");
+    let r = run(&[
+        "fetch",
+        &upstream.url("/api/item/{id}"),
+        "--ids-from",
+        ids.to_str().unwrap(),
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let mut got: Vec<String> = upstream.records().iter().map(|r| r.path.clone()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "/api/item/%3Cx%3E",
+            "/api/item/%C3%A9",
+            "/api/item/1",
+            "/api/item/a%26b"
+        ],
+        "{}",
+        r.stderr
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    for id in ["\"<x>\"", "\"a&b\"", "\"é\""] {
+        assert!(written.contains(id), "{id} in {written}");
+    }
+}
+
+/// An id that cannot be in a URL even encoded — here one with a space — is bad input: exit 2
+/// up front with one line, before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_with_a_space_is_bad_input() {
     let upstream = Upstream::builder().start().await.unwrap();
     let dir = scratch("bad-id");
     let ids = dir.join("ids.txt");
-    std::fs::write(&ids, "1\n<x>\n").unwrap();
+    std::fs::write(&ids, "1\nx y\n").unwrap();
     let r = run(&[
         "fetch",
         &upstream.url("/api/item/{id}"),
