@@ -181,7 +181,7 @@ pub(crate) async fn run(a: DemoArgs, stop: CancellationToken) -> Result<i32, Str
             &result,
             &client,
             &timeline,
-            Some(a.rate),
+            Some((a.rate, a.burst)),
             upstream.requests_received()
         )
     );

@@ -262,7 +262,7 @@ pub(crate) async fn run(a: FetchArgs, stop: CancellationToken) -> Result<i32, St
     );
     eprint!(
         "{}",
-        report::render(&result, &client, &timeline, Some(a.rate), sent)
+        report::render(&result, &client, &timeline, Some((a.rate, a.burst)), sent)
     );
     if let Some(path) = &a.out {
         eprintln!("results:   {} (one JSON object per line)", path.display());

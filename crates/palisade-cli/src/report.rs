@@ -61,12 +61,31 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The rate line: what was sent per second, and how much of what the limit allows in that
+/// time — the burst at once, then the rate (the rate alone made a short run that spent its
+/// burst look far over the quota).
+fn rate_line(sent: u64, secs: f64, limit: Option<(Quota, u32)>) -> String {
+    let achieved = sent as f64 / secs;
+    match limit {
+        Some((q, burst)) => {
+            let per_sec = q.count() as f64 / q.period().as_secs_f64();
+            let allowed = (f64::from(burst) + per_sec * secs).floor().max(1.0);
+            format!(
+                "rate:      {achieved:.1} req/s sent over {secs:.1} s (quota {q}, burst {burst}: \
+                 {sent} sent of the {allowed:.0} it allows in that time, {:.0} %)",
+                100.0 * sent as f64 / allowed
+            )
+        }
+        None => format!("rate:      {achieved:.1} req/s sent over {secs:.1} s (no rate limit)"),
+    }
+}
+
 /// The report's lines (without the upstream check, which only the demo can make).
 pub(crate) fn render(
     result: &RunResult,
     client: &Client,
     timeline: &Timeline,
-    quota: Option<Quota>,
+    limit: Option<(Quota, u32)>,
     sent: u64,
 ) -> String {
     let mut s = String::new();
@@ -86,23 +105,7 @@ pub(crate) fn render(
         }
     );
     let secs = result.elapsed.as_secs_f64().max(1e-9);
-    let achieved = sent as f64 / secs;
-    match quota {
-        Some(q) => {
-            let per_sec = q.count() as f64 / q.period().as_secs_f64();
-            let _ = writeln!(
-                s,
-                "rate:      {achieved:.1} req/s sent over {secs:.1} s (quota {q} = {per_sec:.1} req/s, {:.0} %)",
-                100.0 * achieved / per_sec
-            );
-        }
-        None => {
-            let _ = writeln!(
-                s,
-                "rate:      {achieved:.1} req/s sent over {secs:.1} s (no rate limit)"
-            );
-        }
-    }
+    let _ = writeln!(s, "{}", rate_line(sent, secs, limit));
     let host = client.base_host();
     let _ = writeln!(
         s,
@@ -171,4 +174,25 @@ pub(crate) fn render(
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_line_counts_the_burst() {
+        let q = Quota::per_second(10).unwrap();
+        // A short run that spent its burst of 20 and 1 s of rate: 30 allowed, 30 sent.
+        let line = rate_line(30, 1.0, Some((q, 20)));
+        assert!(
+            line.contains("30 sent of the 30 it allows in that time, 100 %"),
+            "{line}"
+        );
+        // A long run at three quarters of the rate.
+        let line = rate_line(770, 100.0, Some((q, 20)));
+        assert!(line.contains("770 sent of the 1020 it allows"), "{line}");
+        assert!(line.contains(", 75 %)"), "{line}");
+        assert!(rate_line(5, 1.0, None).contains("no rate limit"));
+    }
 }
