@@ -398,6 +398,10 @@ impl Upstream {
 
     /// Waits until exactly `n` connections are open (e.g. `0` after a client let go of its
     /// connections: the upstream sees each close a little after the client makes it).
+    ///
+    /// For a count that stays: it watches the latest count, so a value held only between two
+    /// changes that come close together may be missed, and the wait then goes on until the
+    /// count comes back to `n`.
     pub async fn wait_for_open_connections(&self, n: usize) {
         let mut rx = self.shared.open.subscribe();
         let _ = rx.wait_for(|&open| open == n).await;
