@@ -18,8 +18,7 @@ const MIN_SWEEP: Duration = Duration::from_millis(10);
 ///   server is about to drop (hyper#2136); Node's 5 s default needs a shorter one;
 /// - no maximum lifetime;
 /// - no connect backoff;
-/// - the idle sweep runs every `min(idle_timeout, max_lifetime) / 2`, between 100 ms and 30 s;
-///   every 30 s when neither is set (it then only forgets keys with nothing left).
+/// - the idle sweep runs every `min(idle_timeout, max_lifetime) / 2`, between 100 ms and 30 s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub(crate) max_per_key: usize,
@@ -100,9 +99,8 @@ impl Config {
         self.max_lifetime
     }
 
-    /// How often the idle sweep runs. When nothing expires (no idle timeout, no lifetime) it
-    /// still runs every 30 s to forget keys with nothing left, which would otherwise pile up
-    /// with every key ever used. Always `Some`; an `Option` for compatibility.
+    /// How often the idle sweep runs (`None` when nothing expires, so nothing is swept: the
+    /// pool then needs no timer at all, and forgets keys with nothing left as new keys come).
     pub fn sweep_interval(&self) -> Option<Duration> {
         if let Some(every) = self.sweep_interval {
             return Some(every);
@@ -110,7 +108,7 @@ impl Config {
         let shortest = match (self.idle_timeout, self.max_lifetime) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return Some(Duration::from_secs(30)),
+            (None, None) => return None,
         };
         Some((shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(30)))
     }

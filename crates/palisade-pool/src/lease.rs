@@ -99,7 +99,9 @@ impl<K: PoolKey, C> SlotGuard<K, C> {
     {
         let shared = self.shared.take().expect("present");
         let meta = shared.connected(&self.key);
-        shared.start_upkeep();
+        if shared.sweeps {
+            shared.start_upkeep();
+        }
         Lease {
             shared: Some(shared),
             key: self.key.clone(),
@@ -192,7 +194,9 @@ impl<K: PoolKey, C> Lease<K, C> {
         let conn = self.conn.take().expect("present");
         shared.give_back(&self.key, conn, self.meta, now);
         // An idle connection needs the sweep; it is restarted here if its runtime went away.
-        shared.start_upkeep();
+        if shared.sweeps {
+            shared.start_upkeep();
+        }
     }
 
     /// The request is done: the connection goes back once it is ready for the next one. The

@@ -221,7 +221,12 @@ struct Inner<K, C> {
     rng: u64,
     /// When the upkeep task next wakes for a waiter's deadline (`None`: it does not).
     upkeep_at: Option<Instant>,
+    /// The map's size at which a new key first forgets the unused ones.
+    trim_at: usize,
 }
+
+/// The smallest map that is trimmed when a new key comes.
+const MIN_TRIM: usize = 64;
 
 /// A grant for the waiter whose cell this is.
 type Delivery<K, C> = (Arc<WaitCell<K, C>>, Grant<C>);
@@ -451,6 +456,9 @@ struct CacheLines<T>(T);
 /// The state every service, layer and handle of one pool shares.
 pub(crate) struct Shared<K, C> {
     pub(crate) config: Config,
+    /// Whether the idle sweep runs (something expires), asked on every connect and return: a
+    /// pool that times nothing starts no task and needs no timer.
+    pub(crate) sweeps: bool,
     /// On cache lines of its own: both cores write it, while they only read `config`.
     inner: CacheLines<Mutex<Inner<K, C>>>,
     /// Whether checkouts were queueing at the end of the last checkout or return: a hint,
@@ -504,6 +512,7 @@ where
 {
     pub(crate) fn new(config: Config) -> Self {
         Shared {
+            sweeps: config.sweep_interval().is_some(),
             config,
             inner: CacheLines(Mutex::new(Inner {
                 keys: HashMap::default(),
@@ -516,6 +525,7 @@ where
                 totals: Counters::default(),
                 rng: 0x9E37_79B9_7F4A_7C15,
                 upkeep_at: None,
+                trim_at: MIN_TRIM,
             })),
             queued: AtomicBool::new(false),
             drained: Notify::new(),
@@ -728,10 +738,18 @@ where
                 next = Some(Checkout::Idle(idle.conn, idle.meta));
                 break;
             }
-            next.unwrap_or_else(|| {
-                ks.connecting += 1;
-                Checkout::Connect
-            })
+            match next {
+                Some(next) => {
+                    // The idle connection brings its own slot: the closed one's is free
+                    // (`release_slot` with the key's counts already adjusted above).
+                    inner.release_slot(key, &self.config, &mut fx, |_| {});
+                    next
+                }
+                None => {
+                    ks.connecting += 1;
+                    Checkout::Connect
+                }
+            }
         };
         fx.run(self);
         next
@@ -1092,7 +1110,10 @@ where
         }
         let mut ks = match self.keys.get_mut(key) {
             Some(ks) => ks,
-            None => self.keys.entry(key.clone()).or_insert_with(KeyState::new),
+            None => {
+                self.forget_unused_keys(now, config);
+                self.keys.entry(key.clone()).or_insert_with(KeyState::new)
+            }
         };
 
         // The most recently returned idle connection that has not expired.
@@ -1206,6 +1227,24 @@ where
             Grant::Connect => self.release_slot(key, config, fx, |ks| ks.connecting -= 1),
             Grant::Closed | Grant::TimedOut => {}
         }
+    }
+
+    /// Before a new key is added: once the map has doubled since it was last trimmed, forget
+    /// the keys with nothing left (as the sweep does). Amortized over the insertions, this
+    /// keeps the map within about twice the keys in use even when nothing expires and no sweep
+    /// runs.
+    fn forget_unused_keys(&mut self, now: Instant, config: &Config) {
+        if self.keys.len() < self.trim_at {
+            return;
+        }
+        let before = self.keys.len();
+        self.keys.retain(|_, ks| !ks.is_unused(now, config.backoff));
+        self.trim_at = self.keys.len().saturating_mul(2).max(MIN_TRIM);
+        tracing::debug!(
+            forgotten = before - self.keys.len(),
+            kept = self.keys.len(),
+            "pool: keys with nothing left forgotten"
+        );
     }
 
     /// One failed connect of `key`: counted, and towards its backoff.

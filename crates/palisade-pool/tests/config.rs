@@ -99,9 +99,9 @@ fn the_sweep_interval_follows_the_timeouts() {
         .build()
         .unwrap();
     assert_eq!(both.sweep_interval(), Some(Duration::from_secs(5)));
-    // Nothing expires: the sweep still forgets keys with nothing left, every 30 s.
+    // Nothing expires: nothing to sweep.
     let never = Config::builder().no_idle_timeout().build().unwrap();
-    assert_eq!(never.sweep_interval(), Some(Duration::from_secs(30)));
+    assert_eq!(never.sweep_interval(), None);
 }
 
 #[test]

@@ -398,3 +398,131 @@ fn a_waiter_on_a_dead_runtime_handle_does_not_wake_itself_on_every_poll() {
     );
     let _ = f0.poll();
 }
+
+// Review of ac81794 / cece1ec -----------------------------------------------------------------
+
+/// A waiter is handed connection 1 within its lifetime, collects it after; meanwhile
+/// connection 2 of the same key went idle. connection 2 takes connection 1's place, and connection 1's slot must be freed: it was
+/// never taken off the pool's total, so one slot of the total was lost for good (with a total
+/// of 2 and one connection open, a checkout of the key waited and timed out).
+#[tokio::test(start_paused = true)]
+async fn replacing_an_expired_handover_with_an_idle_connection_leaks_a_total_slot() {
+    let connector = Connector::with_limits(2, 2);
+    let config = limits(2, 2)
+        .no_idle_timeout()
+        .max_lifetime(Duration::from_secs(10))
+        .lifetime_jitter(Duration::ZERO)
+        .checkout_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    // Connection 1 opened at 0 s (expires at 10 s), connection 2 at 5 s (expires at 15 s).
+    let (r0, t0) = Req::new("k").id(0).held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let (r1, t1) = Req::new("k").id(1).held();
+    let mut f1 = start(&mut pool, r1);
+    pending(&mut f1);
+    let mut waiter = start(&mut pool, Req::new("k").id(2));
+    pending(&mut waiter);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    // 9 s: connection 1 handed to the waiter (in its lifetime), connection 2 goes idle.
+    t0.send(()).unwrap();
+    assert_eq!(ok(&mut f0).conn, 1);
+    t1.send(()).unwrap();
+    assert_eq!(ok(&mut f1).conn, 2);
+    assert_eq!(handle.stats().total.idle, 1);
+    // 11 s: the waiter collects connection 1, past its lifetime: it is replaced by 2.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(ok(&mut waiter).conn, 2);
+    assert!(connector.conn(1).is_dropped());
+    let t = handle.stats().total;
+    assert_eq!(
+        (t.opened, t.closed, t.idle, t.leased),
+        (2, 1, 1, 0),
+        "{t:?}"
+    );
+    assert_eq!(connector.open(), 1);
+
+    // One connection open, a total of 2: holding it, a second checkout of "k" may connect.
+    let (r3, _t3) = Req::new("k").id(3).held();
+    let mut f3 = start(&mut pool, r3);
+    pending(&mut f3);
+    let mut f4 = start(&mut pool, Req::new("k").id(4));
+    let first = f4.poll();
+    assert!(
+        !first.is_pending(),
+        "with one connection open of a total of 2, the checkout waits (stats {:?}, open {})",
+        handle.stats().total,
+        connector.open()
+    );
+}
+
+/// The same leak on the older path that shares `replace_unused`: an idle connection found
+/// broken at checkout is replaced by another idle connection of the key.
+#[tokio::test(start_paused = true)]
+async fn replacing_a_broken_idle_connection_with_another_idle_one_leaks_a_total_slot() {
+    let connector = Connector::with_limits(2, 2);
+    let config = limits(2, 2)
+        .checkout_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut pool, handle) = pool(config, &connector);
+    let (r0, t0) = Req::new("k").id(0).held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let (r1, t1) = Req::new("k").id(1).held();
+    let mut f1 = start(&mut pool, r1);
+    pending(&mut f1);
+    t0.send(()).unwrap();
+    ok(&mut f0);
+    t1.send(()).unwrap();
+    ok(&mut f1);
+    // Idle: [1, 2]; the most recent (2) is taken first, and it is broken.
+    connector.conn(2).set_broken();
+    let (r2, _t2) = Req::new("k").id(2).held();
+    let mut f2 = start(&mut pool, r2);
+    pending(&mut f2);
+    assert!(connector.conn(2).is_dropped());
+    assert_eq!(connector.open(), 1);
+    let t = handle.stats().total;
+    assert_eq!(
+        (t.opened, t.closed, t.idle, t.leased),
+        (2, 1, 0, 1),
+        "{t:?}"
+    );
+    // One connection open (held by f2), a total of 2: this checkout may connect.
+    let mut f3 = start(&mut pool, Req::new("k").id(3));
+    match f3.poll() {
+        std::task::Poll::Ready(Ok(_)) => {}
+        other => panic!(
+            "a checkout with a free slot did not connect: {other:?} (stats {:?}, open {})",
+            handle.stats().total,
+            connector.open()
+        ),
+    }
+}
+
+/// The same leak seen by close: everything comes back, yet the pool never reports drained.
+#[tokio::test(start_paused = true)]
+async fn after_a_broken_idle_replacement_close_never_drains() {
+    let connector = Connector::with_limits(2, 2);
+    let (mut pool, handle) = pool(limits(2, 2).build().unwrap(), &connector);
+    let (r0, t0) = Req::new("k").id(0).held();
+    let mut f0 = start(&mut pool, r0);
+    pending(&mut f0);
+    let (r1, t1) = Req::new("k").id(1).held();
+    let mut f1 = start(&mut pool, r1);
+    pending(&mut f1);
+    t0.send(()).unwrap();
+    ok(&mut f0);
+    t1.send(()).unwrap();
+    ok(&mut f1);
+    connector.conn(2).set_broken();
+    assert_eq!(send_now(&mut pool, Req::new("k").id(2)).conn, 1);
+    assert_quiet(&handle.stats());
+    let report = handle.close(Duration::from_secs(1)).await;
+    assert_eq!(connector.open(), 0);
+    assert!(report.drained, "nothing is open, yet: {report:?}");
+}
