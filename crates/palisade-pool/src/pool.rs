@@ -862,6 +862,7 @@ where
         runtime.spawn(async move {
             // Cleared however the task ends: returning, or dropped with its runtime.
             let _running = running;
+            let mut timers = true;
             loop {
                 let notified = notify.notified();
                 tokio::pin!(notified);
@@ -883,11 +884,28 @@ where
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                match wake_at {
-                    Some(at) => {
+                // A runtime built without timers cannot keep deadlines: making the sleep
+                // panics. Ending the task then would have its waiters restart it at once, for
+                // ever; it says so once and goes on waking only when told.
+                let sleep = match wake_at {
+                    Some(at) if timers => {
+                        let made = std::panic::catch_unwind(|| tokio::time::sleep_until(at));
+                        if made.is_err() {
+                            timers = false;
+                            tracing::error!(
+                                "pool: the runtime has no timers (`enable_time`): checkout \
+                                 timeouts and the idle sweep do not run"
+                            );
+                        }
+                        made.ok()
+                    }
+                    _ => None,
+                };
+                match sleep {
+                    Some(sleep) => {
                         tokio::select! {
                             () = &mut notified => {}
-                            () = tokio::time::sleep_until(at) => {}
+                            () = sleep => {}
                         }
                     }
                     None => notified.await,

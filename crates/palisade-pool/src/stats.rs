@@ -58,7 +58,9 @@ pub struct PoolStats<K> {
     /// Over all keys, including keys the sweep has since forgotten.
     pub total: KeyStats,
     /// Per key that currently has an entry (connections, waiters, or a connect backoff).
-    /// A key with nothing left is forgotten by the idle sweep, with its counters.
+    /// A key with nothing left is forgotten, with its counters, by the idle sweep — or, when
+    /// nothing is swept (no idle timeout, no lifetime), when a new key comes once the map has
+    /// doubled; until then it is listed at zero.
     pub keys: Vec<(K, KeyStats)>,
     /// Whether the pool has been closed.
     pub closed: bool,
