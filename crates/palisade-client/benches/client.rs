@@ -37,20 +37,24 @@
 //!
 //! # The clients
 //!
+//! Every client sends `GET /` with `Host` and the same `User-Agent` (`palisade/` and the crate's
+//! version): ours by default, the others told to.
+//!
 //! - `palisade`: `palisade_client::Client` with a rate of `100000000/s`, burst 1,000,000 (far
 //!   above anything reached: the limiter is on the path but never makes a request wait), and
 //!   `max_connections_per_host(32)`; everything else default (breaker, 30 s timeout, shutdown
 //!   gate). Requests are `client.get("/")` and `.bytes()`.
 //! - `legacy`: `hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()`
 //!   as it comes (its defaults: no idle limit, `TCP_NODELAY` off), body `Empty<Bytes>`; each
-//!   request is `client.get(uri.clone())` with a `Uri` parsed once, then the body collected.
+//!   request is `client.request(..)` of a `GET` to a `Uri` parsed once, with the `User-Agent`
+//!   below, then the body collected.
 //! - `reqwest`: reqwest 0.13 with `default-features = false` (no TLS, no HTTP/2, no system
-//!   proxy), `reqwest::Client::new()`; `client.get(&url).send()` with the URL as a string, then
-//!   `.bytes()`.
+//!   proxy), `reqwest::Client::new()`; `client.get(&url)` with the URL as a string and the
+//!   `User-Agent` below, `.send()`, then `.bytes()` (reqwest adds `Accept: */*` of its own).
 //! - `raw×8`: 8 connections made with `hyper::client::conn::http1::handshake` over
 //!   `TCP_NODELAY` sockets, each shared by 4 tasks through a `tokio::sync::Mutex` held from
 //!   `ready()` to the end of the body (HTTP/1.1 has one request in flight per connection). The
-//!   requests are built by hand (origin-form URI, `Host` header). This is the issue's
+//!   requests are built by hand (origin-form URI, `Host` and `User-Agent` headers). This is the issue's
 //!   "raw connections ×8", and the reference of the `vs raw×8` column.
 //! - `raw×32`: 32 such connections, one per task, no lock: the floor of what any client can
 //!   add over hyper's connection itself. Shown for reference.
@@ -70,6 +74,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::USER_AGENT;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1 as client_http1;
@@ -82,6 +87,12 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Concurrent tasks per client.
+/// The `User-Agent` every client sends: ours sends it by default, and the others are given the
+/// same header, so every request is the same bytes on the wire and the upstream, in the same
+/// process, parses the same request for each. (Before, ours alone carried it, and the work of
+/// writing and parsing that header was counted against our client alone.)
+const UA: &str = concat!("palisade/", env!("CARGO_PKG_VERSION"));
+
 const TASKS: usize = 32;
 /// Worker threads of the clients' runtime.
 const WORKERS: usize = 2;
@@ -277,7 +288,11 @@ async fn run_legacy(up: &Upstream, requests: u64) -> (Duration, Vec<u32>) {
             let client = client.clone();
             let uri = uri.clone();
             async move {
-                let res = client.get(uri).await.expect("legacy GET");
+                let req = Request::get(uri)
+                    .header(USER_AGENT, UA)
+                    .body(Empty::new())
+                    .expect("request");
+                let res = client.request(req).await.expect("legacy GET");
                 assert_eq!(res.status(), 200);
                 let body = res.into_body().collect().await.expect("legacy body");
                 assert_eq!(body.to_bytes().len(), BODY.len());
@@ -297,7 +312,12 @@ async fn run_reqwest(up: &Upstream, requests: u64) -> (Duration, Vec<u32>) {
             let client = client.clone();
             let url = url.clone();
             async move {
-                let res = client.get(&url).send().await.expect("reqwest GET");
+                let res = client
+                    .get(&url)
+                    .header(USER_AGENT, UA)
+                    .send()
+                    .await
+                    .expect("reqwest GET");
                 assert_eq!(res.status(), 200);
                 let body = res.bytes().await.expect("reqwest body");
                 assert_eq!(body.len(), BODY.len());
@@ -326,6 +346,7 @@ async fn raw_get(sender: &mut Sender, host: &http::HeaderValue) {
     sender.ready().await.expect("raw ready");
     let req = Request::get("/")
         .header(http::header::HOST, host.clone())
+        .header(USER_AGENT, UA)
         .body(Empty::new())
         .expect("request");
     let res = sender.send_request(req).await.expect("raw GET");
