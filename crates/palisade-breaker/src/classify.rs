@@ -34,6 +34,16 @@ impl Outcome {
 pub trait Classify<Res, Err> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<Res, Err>) -> Outcome;
+
+    /// How long the call took, for a slow-call rule, when the result can tell better than
+    /// the breaker's own clock. That clock runs from `call`, so it also counts any wait in the
+    /// layers below the breaker (a rate-limit turn, a pooled connection); a client that stamps
+    /// its responses with the exchange's own start can report the upstream's time alone.
+    /// `None` (the default): the breaker's clock.
+    fn elapsed(&self, result: &Result<Res, Err>) -> Option<std::time::Duration> {
+        let _ = result;
+        None
+    }
 }
 
 /// The default: every `Err` is a failure, every `Ok` a success.

@@ -96,6 +96,12 @@ impl Config {
     pub fn consecutive_failures(&self) -> Option<u32> {
         self.consecutive_failures
     }
+
+    /// The slow-call rule (the duration above which a call is slow, and the percentage of slow
+    /// calls that opens the circuit), if one is set.
+    pub fn slow_calls(&self) -> Option<(Duration, u8)> {
+        self.slow
+    }
 }
 
 /// Builds a [`Config`]; [`build`](ConfigBuilder::build) checks it.

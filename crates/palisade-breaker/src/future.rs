@@ -63,9 +63,11 @@ impl<C> Guard<C> {
             return;
         }
         let outcome = self.classifier.classify(result);
-        let elapsed = self
-            .started
-            .map(|t| std::time::Duration::from_nanos(self.breaker.now().saturating_sub(t)));
+        let elapsed = self.started.map(|t| {
+            self.classifier.elapsed(result).unwrap_or_else(|| {
+                std::time::Duration::from_nanos(self.breaker.now().saturating_sub(t))
+            })
+        });
         self.breaker.record(self.ticket, outcome, elapsed);
         // Recorded: nothing left to release.
         self.ticket = Ticket::Pass;

@@ -506,6 +506,48 @@ async fn slow_calls_trip_it() {
     assert_eq!(breaker.counts().slow, 2);
 }
 
+/// A classifier that knows the call's own time (`Classify::elapsed`) overrides the breaker's
+/// clock for the slow-call rule: a client whose layers below the breaker waited (for a
+/// connection, say) reports the exchange alone. The response here carries its own time.
+#[tokio::test(start_paused = true)]
+async fn a_classifier_can_report_the_calls_own_time() {
+    #[derive(Clone)]
+    struct OwnTime;
+    impl palisade_breaker::classify::Classify<Duration, Infallible> for OwnTime {
+        fn classify(&self, _: &Result<Duration, Infallible>) -> Outcome {
+            Outcome::Success
+        }
+        fn elapsed(&self, result: &Result<Duration, Infallible>) -> Option<Duration> {
+            result.as_ref().ok().copied()
+        }
+    }
+    let config = quick_open()
+        .no_failure_rate()
+        .slow_calls(Duration::from_millis(500), 50)
+        .minimum_calls(4)
+        .count_window(10)
+        .build()
+        .unwrap();
+    assert_eq!(config.slow_calls(), Some((Duration::from_millis(500), 50)));
+    let layer = CircuitBreakerLayer::new(config).with_classifier(OwnTime);
+    let breaker = layer.breaker().clone();
+    // Each call waits 700 ms (as if queued below the breaker) but reports 10 ms of its own.
+    let mut svc = layer.layer(service_fn(|own: u64| async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Ok::<_, Infallible>(Duration::from_millis(own))
+    }));
+    for _ in 0..4 {
+        svc.ready().await.unwrap().call(10).await.unwrap();
+    }
+    assert_eq!(breaker.counts().slow, 0, "{:?}", breaker.counts());
+    assert_eq!(breaker.state(), State::Closed);
+    // Reported slow: counted slow, whatever the breaker's clock says.
+    for _ in 0..4 {
+        svc.ready().await.unwrap().call(900).await.unwrap();
+    }
+    assert_eq!(breaker.state(), State::Open, "{:?}", breaker.counts());
+}
+
 /// A probe of an earlier half-open that succeeds late does not close the current one.
 #[tokio::test(start_paused = true)]
 async fn a_stale_probe_success_does_not_close_a_later_half_open() {

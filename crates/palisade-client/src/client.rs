@@ -24,7 +24,7 @@ use tower::util::{Either, Oneshot};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::builder::{ClientBuilder, TransitionListener};
-use crate::connect::{origin_key, Connector, Pooled};
+use crate::connect::{origin_key, Connector, ExchangeStarted, Pooled};
 use crate::error::{BoxError, Error};
 use crate::gate::{GateState, HoldWait, HostGate};
 use crate::origin::Origin;
@@ -86,6 +86,17 @@ impl<B> Classify<http::Response<B>, BoxError> for StackClassifier {
             }
             _ => self.0.classify(result),
         }
+    }
+
+    /// The exchange's own time, when the connection stamped it: the breaker's clock would
+    /// also count the wait for a rate-limit turn, a hold or a pooled connection.
+    fn elapsed(&self, result: &Result<http::Response<B>, BoxError>) -> Option<Duration> {
+        let started = result
+            .as_ref()
+            .ok()?
+            .extensions()
+            .get::<ExchangeStarted>()?;
+        Some(started.0.elapsed())
     }
 }
 
@@ -462,10 +473,12 @@ impl Client {
     }
 
     pub(crate) fn from_settings(s: Settings) -> Client {
+        // A slow-call rule times the exchange alone (see `StackClassifier::elapsed`).
+        let time_exchanges = s.breaker.slow_calls().is_some();
         #[cfg(feature = "tls")]
-        let connector = Connector::new(s.timeout, s.tls);
+        let connector = Connector::new(s.timeout, time_exchanges, s.tls);
         #[cfg(not(feature = "tls"))]
-        let connector = Connector::new(s.timeout);
+        let connector = Connector::new(s.timeout, time_exchanges);
         let pool = PoolLayer::new(s.pool, origin_key as KeyFn);
         let pool_handle = pool.handle();
         let make = MakeHost {

@@ -50,6 +50,9 @@ pub(crate) struct Connector(Arc<ConnectorInner>);
 struct ConnectorInner {
     /// The per-exchange timeout of the connections made.
     timeout: Duration,
+    /// Stamp each response with its exchange's start ([`ExchangeStarted`]), for a breaker with
+    /// a slow-call rule.
+    time_exchanges: bool,
     /// Each origin's hold, so its connections check it just before sending.
     holds: Mutex<HashMap<Origin, Arc<GateState>>>,
     #[cfg(feature = "tls")]
@@ -84,19 +87,22 @@ impl Connector {
     #[cfg(feature = "tls")]
     pub(crate) fn new(
         timeout: Duration,
+        time_exchanges: bool,
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ) -> Self {
         Connector(Arc::new(ConnectorInner {
             timeout,
+            time_exchanges,
             holds: Mutex::default(),
             tls: tls.map(tokio_rustls::TlsConnector::from),
         }))
     }
 
     #[cfg(not(feature = "tls"))]
-    pub(crate) fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration, time_exchanges: bool) -> Self {
         Connector(Arc::new(ConnectorInner {
             timeout,
+            time_exchanges,
             holds: Mutex::default(),
         }))
     }
@@ -154,6 +160,7 @@ impl Service<Origin> for Connector {
                 .get(&origin)
                 .cloned();
             Ok(Connection {
+                time_exchanges: this.0.time_exchanges,
                 host: HeaderValue::from_str(origin.authority().as_str()).ok(),
                 hold,
                 sender,
@@ -224,7 +231,16 @@ pub(crate) struct Connection {
     hold: Option<Arc<GateState>>,
     /// The `Host` header, made once per connection.
     host: Option<HeaderValue>,
+    /// Stamp each response with [`ExchangeStarted`].
+    time_exchanges: bool,
 }
+
+/// When a response's exchange began (the request handed to its connection), in the
+/// response's extensions when the origin's breaker has a slow-call rule: the breaker then
+/// times the exchange alone, not the wait for a rate-limit turn, a hold or a connection
+/// before it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExchangeStarted(pub(crate) tokio::time::Instant);
 
 type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
@@ -270,6 +286,7 @@ impl Service<Request<Body>> for Connection {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
+        let started = self.time_exchanges.then(tokio::time::Instant::now);
         let sent = self.sender.try_send_request(req);
         let exchange = self.watch.begin();
         Box::pin(async move {
@@ -281,7 +298,10 @@ impl Service<Request<Body>> for Connection {
             })
             .await;
             let sent = match sent {
-                Some(Ok(res)) => {
+                Some(Ok(mut res)) => {
+                    if let Some(at) = started {
+                        res.extensions_mut().insert(ExchangeStarted(at));
+                    }
                     if exchange.head_received() {
                         Some(Ok(res))
                     } else {

@@ -118,13 +118,16 @@ impl GateState {
 
     fn observe<B>(&self, res: &Response<B>) {
         let status = res.status();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            if let Some(d) = palisade_breaker::http::retry_after(res) {
-                self.hold(d);
-                return;
-            }
-        }
-        if let Some(d) = exhausted_for(res) {
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            palisade_breaker::http::retry_after(res)
+        } else {
+            None
+        };
+        // Both signals hold until their time; the longer wins (a short `Retry-After` does not
+        // cut an exhausted policy's reset).
+        if let Some(d) = retry_after.max(exhausted_for(res)) {
             self.hold(d);
         }
     }
@@ -133,10 +136,14 @@ impl GateState {
 /// From the IETF `RateLimit` header (`"policy";r=0;t=5`): how long nothing remains, when
 /// nothing does.
 fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
-    let v = res.headers().get("ratelimit")?.to_str().ok()?;
-    // A list of policies (`"hourly";r=0;t=10, "daily";r=50;t=1000`): hold for the longest
-    // reset among those with nothing remaining. A parameter without a value is skipped.
-    v.split(',')
+    // A list of policies (`"hourly";r=0;t=10, "daily";r=50;t=1000`), on one field line or
+    // several (a list field's lines are one list): hold for the longest reset among those with
+    // nothing remaining. A line that is not text, or a parameter without a value, is skipped.
+    res.headers()
+        .get_all("ratelimit")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
         .filter_map(|item| {
             let mut remaining = None;
             let mut reset = None;
