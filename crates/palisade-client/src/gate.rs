@@ -117,20 +117,25 @@ impl GateState {
     }
 
     fn observe<B>(&self, res: &Response<B>) {
-        let status = res.status();
-        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::SERVICE_UNAVAILABLE
-        {
+        if let Some(d) = upstream_delay(res) {
+            self.hold(d);
+        }
+    }
+}
+
+/// How long the upstream asks to be left alone: `Retry-After` on a `429` or `503`, and an
+/// exhausted IETF `RateLimit` policy on any answer. Both hold until their time, so the longer
+/// wins (a short `Retry-After` does not cut an exhausted policy's reset). The origin's hold
+/// and the retry policy both decide from this one figure.
+pub(crate) fn upstream_delay<B>(res: &Response<B>) -> Option<Duration> {
+    let status = res.status();
+    let retry_after =
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             palisade_breaker::http::retry_after(res)
         } else {
             None
         };
-        // Both signals hold until their time; the longer wins (a short `Retry-After` does not
-        // cut an exhausted policy's reset).
-        if let Some(d) = retry_after.max(exhausted_for(res)) {
-            self.hold(d);
-        }
-    }
+    retry_after.max(exhausted_for(res))
 }
 
 /// From the IETF `RateLimit` header (`"policy";r=0;t=5`): how long nothing remains, when

@@ -292,7 +292,9 @@ fn verdict<B>(req: &Request<Body>, result: &Result<Response<B>, BoxError>, s: &R
             }
             match res.status() {
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                    match palisade_breaker::http::retry_after(res) {
+                    // The same figure the origin's hold uses: `Retry-After`, or an exhausted
+                    // `RateLimit` policy if longer (a retry would wait that out in the hold).
+                    match crate::gate::upstream_delay(res) {
                         Some(d) if d <= s.max_retry_after => Verdict::After(d),
                         Some(_) => Verdict::No,
                         None => Verdict::Backoff,
