@@ -2,53 +2,11 @@
 //! values, the demo's exit code when items fail, a byte-order mark in `--ids-from`, an id that
 //! cannot be in a URL.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
 use palisade_testkit::Upstream;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-/// Not a timing assertion: only turns a child that never exits into a failure.
-const HANG_GUARD: Duration = Duration::from_secs(600);
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("palisade-cli-review3")
-        .join(format!("{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(args: &[&str]) -> Run {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(HANG_GUARD, child.wait_with_output())
-        .await
-        .expect("hang guard")
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+mod common;
+use common::*;
 
 /// A one-line HTTP/1.1 server: every request is answered `429` with this `Retry-After`.
 async fn always_429(retry_after: &'static str) -> std::net::SocketAddr {
@@ -177,28 +135,45 @@ async fn the_demo_exits_1_when_items_failed() {
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
 }
 
-/// An ids file saved with a UTF-8 byte-order mark (Windows editors): the BOM became part of
-/// the first id, which was requested as `/api/item/\u{feff}1` and written as id "\u{feff}1".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ids_file_with_a_bom_reads_its_first_id_whole() {
+/// `palisade fetch` of a testkit upstream's `/api/item/{id}` with `--ids-from` a file holding
+/// `ids`, writing to an output file: the upstream, the run, and the output's path.
+async fn fetch_ids_from(test: &str, ids: &str) -> (Upstream, Run, std::path::PathBuf) {
     let upstream = Upstream::builder().start().await.unwrap();
-    let dir = scratch("bom");
-    let ids = dir.join("ids.txt");
-    std::fs::write(&ids, "\u{feff}1\r\n2\r\n").unwrap();
+    let dir = scratch(test);
+    let file = dir.join("ids.txt");
+    std::fs::write(&file, ids).unwrap();
     let out = dir.join("results.jsonl");
     let r = run(&[
         "fetch",
         &upstream.url("/api/item/{id}"),
         "--ids-from",
-        ids.to_str().unwrap(),
+        file.to_str().unwrap(),
         "--no-progress",
         "--out",
         out.to_str().unwrap(),
     ])
     .await;
+    (upstream, r, out)
+}
+
+/// The paths the upstream received, sorted.
+fn paths(upstream: &Upstream) -> Vec<String> {
     let mut got: Vec<String> = upstream.records().iter().map(|r| r.path.clone()).collect();
     got.sort();
-    assert_eq!(got, ["/api/item/1", "/api/item/2"], "{}", r.stderr);
+    got
+}
+
+/// An ids file saved with a UTF-8 byte-order mark (Windows editors): the BOM became part of
+/// the first id, which was requested as `/api/item/\u{feff}1` and written as id "\u{feff}1".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ids_file_with_a_bom_reads_its_first_id_whole() {
+    let (upstream, r, _) = fetch_ids_from("bom", "\u{feff}1\r\n2\r\n").await;
+    assert_eq!(
+        paths(&upstream),
+        ["/api/item/1", "/api/item/2"],
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
 
@@ -208,26 +183,10 @@ async fn an_ids_file_with_a_bom_reads_its_first_id_whole() {
 /// parameters.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_with_characters_a_url_cannot_hold_is_sent_percent_encoded() {
-    let upstream = Upstream::builder().start().await.unwrap();
-    let dir = scratch("encoded-id");
-    let ids = dir.join("ids.txt");
-    std::fs::write(&ids, "1\n<x>\na&b\né\n").unwrap();
-    let out = dir.join("results.jsonl");
-    let r = run(&[
-        "fetch",
-        &upstream.url("/api/item/{id}"),
-        "--ids-from",
-        ids.to_str().unwrap(),
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .await;
+    let (upstream, r, out) = fetch_ids_from("encoded-id", "1\n<x>\na&b\né\n").await;
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let mut got: Vec<String> = upstream.records().iter().map(|r| r.path.clone()).collect();
-    got.sort();
     assert_eq!(
-        got,
+        paths(&upstream),
         [
             "/api/item/%3Cx%3E",
             "/api/item/%C3%A9",
@@ -247,18 +206,7 @@ async fn an_id_with_characters_a_url_cannot_hold_is_sent_percent_encoded() {
 /// up front with one line, before anything is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_with_a_space_is_bad_input() {
-    let upstream = Upstream::builder().start().await.unwrap();
-    let dir = scratch("bad-id");
-    let ids = dir.join("ids.txt");
-    std::fs::write(&ids, "1\nx y\n").unwrap();
-    let r = run(&[
-        "fetch",
-        &upstream.url("/api/item/{id}"),
-        "--ids-from",
-        ids.to_str().unwrap(),
-        "--no-progress",
-    ])
-    .await;
+    let (upstream, r, _) = fetch_ids_from("bad-id", "1\nx y\n").await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert_eq!(upstream.requests_received(), 0);
 }

@@ -459,6 +459,20 @@ async fn replacing_an_expired_handover_with_an_idle_connection_leaks_a_total_slo
     );
 }
 
+/// Connections 1 and 2 of "k" opened side by side, then both returned: idle [1, 2].
+fn two_idle(pool: &mut TestPool) {
+    let (r0, t0) = Req::new("k").id(0).held();
+    let mut f0 = start(pool, r0);
+    pending(&mut f0);
+    let (r1, t1) = Req::new("k").id(1).held();
+    let mut f1 = start(pool, r1);
+    pending(&mut f1);
+    t0.send(()).unwrap();
+    ok(&mut f0);
+    t1.send(()).unwrap();
+    ok(&mut f1);
+}
+
 /// The same leak on the older path that shares `replace_unused`: an idle connection found
 /// broken at checkout is replaced by another idle connection of the key.
 #[tokio::test(start_paused = true)]
@@ -469,16 +483,7 @@ async fn replacing_a_broken_idle_connection_with_another_idle_one_leaks_a_total_
         .build()
         .unwrap();
     let (mut pool, handle) = pool(config, &connector);
-    let (r0, t0) = Req::new("k").id(0).held();
-    let mut f0 = start(&mut pool, r0);
-    pending(&mut f0);
-    let (r1, t1) = Req::new("k").id(1).held();
-    let mut f1 = start(&mut pool, r1);
-    pending(&mut f1);
-    t0.send(()).unwrap();
-    ok(&mut f0);
-    t1.send(()).unwrap();
-    ok(&mut f1);
+    two_idle(&mut pool);
     // Idle: [1, 2]; the most recent (2) is taken first, and it is broken.
     connector.conn(2).set_broken();
     let (r2, _t2) = Req::new("k").id(2).held();
@@ -509,16 +514,7 @@ async fn replacing_a_broken_idle_connection_with_another_idle_one_leaks_a_total_
 async fn after_a_broken_idle_replacement_close_never_drains() {
     let connector = Connector::with_limits(2, 2);
     let (mut pool, handle) = pool(limits(2, 2).build().unwrap(), &connector);
-    let (r0, t0) = Req::new("k").id(0).held();
-    let mut f0 = start(&mut pool, r0);
-    pending(&mut f0);
-    let (r1, t1) = Req::new("k").id(1).held();
-    let mut f1 = start(&mut pool, r1);
-    pending(&mut f1);
-    t0.send(()).unwrap();
-    ok(&mut f0);
-    t1.send(()).unwrap();
-    ok(&mut f1);
+    two_idle(&mut pool);
     connector.conn(2).set_broken();
     assert_eq!(send_now(&mut pool, Req::new("k").id(2)).conn, 1);
     assert_quiet(&handle.stats());

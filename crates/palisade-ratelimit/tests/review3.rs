@@ -12,27 +12,36 @@ use palisade_ratelimit::{Quota, RateLimitLayer, RateLimiter};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
+/// A current-thread runtime with paused time.
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A rate-limited service (1/s) that has waited once on `runtime`: its second call waits 1 s,
+/// so its gate made a `Sleep` on that runtime's timer.
+fn waited_on(
+    runtime: &tokio::runtime::Runtime,
+) -> impl Service<(), Response = (), Error = palisade_ratelimit::BoxError, Future: Send> {
+    runtime.block_on(async {
+        let mut svc = RateLimitLayer::new(Quota::per_second(1).unwrap())
+            .layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        svc
+    })
+}
+
 /// A service that waited once on one runtime keeps that runtime's timer: used on another
 /// runtime after the first is gone (a blocking client making a runtime per call, tests
 /// sharing a client), its next wait polls a timer whose driver has shut down.
 #[test]
 fn a_service_that_waited_on_a_dropped_runtime_can_wait_on_another() {
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let rt1 = rt();
-    let mut svc = rt1.block_on(async {
-        let mut svc = RateLimitLayer::new(Quota::per_second(1).unwrap())
-            .layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
-        svc.ready().await.unwrap().call(()).await.unwrap();
-        // Waits 1 s: the gate makes its Sleep on rt1's timer and keeps it.
-        svc.ready().await.unwrap().call(()).await.unwrap();
-        svc
-    });
+    let mut svc = waited_on(&rt1);
     drop(rt1);
     let rt2 = rt();
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -48,21 +57,8 @@ fn a_service_that_waited_on_a_dropped_runtime_can_wait_on_another() {
 /// and hangs. (The 1-hour bound is paused, virtual time.)
 #[test]
 fn a_service_that_waited_on_an_idle_runtime_is_woken_on_another() {
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let rt1 = rt();
-    let mut svc = rt1.block_on(async {
-        let mut svc = RateLimitLayer::new(Quota::per_second(1).unwrap())
-            .layer(service_fn(|()| async { Ok::<_, Infallible>(()) }));
-        svc.ready().await.unwrap().call(()).await.unwrap();
-        svc.ready().await.unwrap().call(()).await.unwrap();
-        svc
-    });
+    let mut svc = waited_on(&rt1);
     let rt2 = rt();
     let woken = rt2.block_on(async {
         tokio::select! {
