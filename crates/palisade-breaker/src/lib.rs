@@ -68,7 +68,7 @@ pub use error::CircuitOpen;
 pub use keyed::{KeyedBreakers, KeyedCircuitBreakerLayer, Keyer};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
-pub use state::{Breaker, State, Transition};
+pub use state::{Breaker, QueuedProbe, State, Transition};
 pub use window::Counts;
 
 /// The README's example, compiled and run as a doctest.

@@ -181,6 +181,12 @@ pub(crate) struct Core {
     stamp: AtomicU64,
     /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
     half_open: AtomicU64,
+    /// Probes of a half-open still waiting below the breaker ([`QueuedProbe`]): generation
+    /// (low 32 bits) | count (high 32). While any wait, the half-open patience is paused.
+    queued: AtomicU64,
+    /// When a probe was last sent ([`QueuedProbe::sent`]), ns since origin: the half-open
+    /// patience counts from the later of this and the half-open's start.
+    sent_at: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
@@ -239,6 +245,8 @@ impl Breaker {
                 open_until: AtomicU64::new(0),
                 stamp: AtomicU64::new(0),
                 half_open: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
+                sent_at: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
                 openings: AtomicU32::new(0),
                 retry_until: AtomicU64::new(0),
@@ -314,6 +322,45 @@ impl Breaker {
         self.core.force(CLOSED);
     }
 
+    /// For a stack where a call can wait *below* the breaker before it is sent (for a
+    /// rate-limit turn, a pooled connection): while half-open, marks the call about to go down
+    /// as a probe that is queued, not hung, and returns the mark; `None` in any other state.
+    ///
+    /// The half-open patience ([`ConfigBuilder::max_half_open_wait`]) is paused while any
+    /// probe of the current half-open is queued, and counts from the moment one is sent
+    /// ([`QueuedProbe::sent`]) — instead of from the half-open's start, which would take a probe
+    /// that waited its turn for the patience's length for a hung one. Dropping the mark
+    /// unqueues the probe; a mark kept without ever being sent or dropped holds the half-open
+    /// until its probe's outcome arrives, so tie it to the call (its request, its future).
+    ///
+    /// Call it between the breaker's admission and the wait (in the `poll_ready` of a service
+    /// just below the breaker): while half-open, only probes pass the breaker.
+    ///
+    /// [`ConfigBuilder::max_half_open_wait`]: crate::ConfigBuilder::max_half_open_wait
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_breaker::{Breaker, Config, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let breaker = Breaker::new(Config::builder().build()?);
+    /// assert!(breaker.probe_queued().is_none()); // closed: nothing to mark
+    /// # Ok(()) }
+    /// ```
+    pub fn probe_queued(&self) -> Option<QueuedProbe> {
+        let s = self.core.state.0.load(Ordering::Acquire);
+        if s & 7 != HALF_OPEN {
+            return None;
+        }
+        let generation = s >> 3;
+        self.core.queue_probe(generation).then(|| QueuedProbe {
+            core: self.core.clone(),
+            generation,
+            queued: true,
+        })
+    }
+
     #[inline]
     pub(crate) fn admit(&self) -> Ticket {
         self.core.admit()
@@ -346,6 +393,51 @@ impl Breaker {
         if let Ticket::Probe(generation) = ticket {
             self.core.release_probe(generation);
         }
+    }
+}
+
+/// A half-open probe waiting below the breaker to be sent, from [`Breaker::probe_queued`]:
+/// while it lives unsent, the half-open patience is paused.
+#[must_use = "dropping it unqueues the probe at once"]
+pub struct QueuedProbe {
+    core: Arc<Core>,
+    generation: u64,
+    queued: bool,
+}
+
+impl QueuedProbe {
+    /// The probe is being sent now: it is no longer queued, and the half-open patience counts
+    /// from this moment (a probe that then hangs for the patience's length reopens the
+    /// breaker). Does nothing once the breaker has left that half-open.
+    pub fn sent(mut self) {
+        self.queued = false;
+        let core = &self.core;
+        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN) {
+            core.sent_at.fetch_max(core.now(), Ordering::AcqRel);
+        }
+        core.unqueue_probe(self.generation);
+    }
+
+    /// The half-open generation the probe was queued in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Drop for QueuedProbe {
+    fn drop(&mut self) {
+        if self.queued {
+            self.core.unqueue_probe(self.generation);
+        }
+    }
+}
+
+impl fmt::Debug for QueuedProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedProbe")
+            .field("generation", &self.generation)
+            .field("queued", &self.queued)
+            .finish()
     }
 }
 
@@ -407,8 +499,17 @@ impl Core {
                     if self.stamp.load(Ordering::Acquire) != generation {
                         return self.reject(None); // half-open is being entered right now
                     }
+                    if self.queued_probes(generation) != 0 {
+                        // A probe is still waiting below the breaker to be sent (a rate-limit
+                        // turn, a connection): not hung, however long that takes.
+                        return self.reject(None);
+                    }
                     let now = self.now();
-                    let since = self.since.load(Ordering::Acquire);
+                    // From the half-open's start, or from the last probe sent if later.
+                    let since = self
+                        .since
+                        .load(Ordering::Acquire)
+                        .max(self.sent_at.load(Ordering::Acquire));
                     let wait = u64::try_from(self.config.max_half_open_wait.as_nanos()).unwrap_or(u64::MAX);
                     if now.saturating_sub(since) < wait {
                         return self.reject(None);
@@ -438,6 +539,55 @@ impl Core {
                     .then(|| pack_half(hg, taken + 1, ok))
             })
             .is_ok()
+    }
+
+    /// Probes of half-open `generation` waiting below the breaker.
+    fn queued_probes(&self, generation: u64) -> u64 {
+        let q = self.queued.load(Ordering::Acquire);
+        if q & 0xffff_ffff == generation & 0xffff_ffff {
+            q >> 32
+        } else {
+            0
+        }
+    }
+
+    /// One more probe of half-open `generation` waits below the breaker; false if the breaker
+    /// is no longer in that half-open.
+    fn queue_probe(&self, generation: u64) -> bool {
+        let g = generation & 0xffff_ffff;
+        let queued = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                let qg = q & 0xffff_ffff;
+                if qg == g {
+                    Some(g | ((q >> 32) + 1) << 32)
+                } else if (g as u32).wrapping_sub(qg as u32) as i32 > 0 {
+                    // An older generation's count is void: this one's starts at one.
+                    Some(g | 1 << 32)
+                } else {
+                    None // a newer half-open has begun: this one is over
+                }
+            })
+            .is_ok();
+        if !queued {
+            return false;
+        }
+        // The state word may have moved on while counting: then the count is void anyway, but
+        // take it back and give no mark.
+        if self.state.0.load(Ordering::Acquire) != pack(generation, HALF_OPEN) {
+            self.unqueue_probe(generation);
+            return false;
+        }
+        true
+    }
+
+    fn unqueue_probe(&self, generation: u64) {
+        let g = generation & 0xffff_ffff;
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q & 0xffff_ffff == g && q >> 32 > 0).then(|| g | ((q >> 32) - 1) << 32)
+            });
     }
 
     fn release_probe(&self, generation: u64) {

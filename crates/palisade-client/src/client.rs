@@ -28,6 +28,7 @@ use crate::connect::{origin_key, Connector, ExchangeStarted, Pooled};
 use crate::error::{BoxError, Error};
 use crate::gate::{GateState, HoldWait, HostGate};
 use crate::origin::Origin;
+use crate::probe::ProbeWatch;
 use crate::response::Response;
 use crate::retry::{Retries, RetryPolicy, RetryShared};
 use crate::Body;
@@ -36,7 +37,8 @@ type KeyFn = fn(&Request<Body>) -> Origin;
 type PoolService = Pool<Connector, Origin, KeyFn>;
 /// One origin's stack: breaker → rate limit → gate → (shared) pool → connection, whose every
 /// exchange is bounded by the timeout ([`Pooled`]).
-type Guarded = HoldWait<CircuitBreaker<RateLimit<HostGate<PoolService>>, StackClassifier>>;
+type Guarded =
+    HoldWait<CircuitBreaker<ProbeWatch<RateLimit<HostGate<PoolService>>>, StackClassifier>>;
 /// Without retries, no `Retry` layer at all: tower's clones the whole stack below it for every
 /// request.
 type HostService = Either<Boxed<Retry<RetryPolicy, Guarded>>, Guarded>;
@@ -268,6 +270,12 @@ impl MakeHost {
                 CircuitBreakerLayer::from_breaker(breaker.clone())
                     .with_classifier(StackClassifier(HttpClassifier::server_errors())),
             )
+            // A probe that waits below for a rate-limit turn or a connection is not hung: the
+            // breaker's patience counts from when its connection sends it.
+            .layer_fn({
+                let breaker = breaker.clone();
+                move |s| ProbeWatch::new(s, breaker.clone())
+            })
             .layer(rate)
             .layer_fn(move |s| HostGate::new(s, gate_state.clone(), max_rate_wait))
             .service(self.pool.layer(self.connector.clone()));

@@ -25,6 +25,7 @@ use tower::Service;
 use crate::error::{BoxError, ConnectError, RequestNotSent};
 use crate::gate::{GateState, Held};
 use crate::origin::Origin;
+use crate::probe::ProbeMark;
 use crate::Body;
 
 #[cfg(feature = "tls")]
@@ -268,6 +269,10 @@ impl Service<Request<Body>> for Connection {
             // Not sent: the gate above waits and sends again (on this connection or another).
             let held: BoxError = Box::new(Held { until, req });
             return Box::pin(std::future::ready(Err(held)));
+        }
+        if let Some(mark) = req.extensions_mut().remove::<ProbeMark>() {
+            // The origin's half-open probe goes out now: its breaker's patience starts.
+            mark.sent();
         }
         // HTTP/1.1 wants the origin form (`/path?query`) and a Host header.
         if !req.headers().contains_key(HOST) {

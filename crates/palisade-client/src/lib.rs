@@ -51,6 +51,7 @@ mod connect;
 mod error;
 mod gate;
 mod origin;
+mod probe;
 mod response;
 mod retry;
 #[cfg(feature = "tls")]

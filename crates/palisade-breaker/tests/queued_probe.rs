@@ -1,0 +1,287 @@
+//! `Breaker::probe_queued`: a probe that waits below the breaker (for a rate-limit turn, a
+//! pooled connection) is not taken for a hung one; the half-open patience counts from the
+//! moment a probe is sent. Paused tokio time throughout.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::{flaky, quick_open, Gate, Svc};
+use palisade_breaker::{BoxError, Breaker, CircuitBreakerLayer, CircuitOpen, QueuedProbe, State};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+async fn send(svc: &mut Svc, ok: bool) -> Result<(), BoxError> {
+    svc.ready().await?.call(ok).await
+}
+
+fn is_open(e: &BoxError) -> bool {
+    e.is::<CircuitOpen>()
+}
+
+async fn trip(breaker: &Breaker) {
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let mut svc = flaky(&layer);
+    while breaker.state() == State::Closed {
+        let _ = send(&mut svc, false).await;
+    }
+}
+
+/// Opens on one failure, for 1 s; a half-open patience of 5 s.
+fn breaker() -> Breaker {
+    Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    )
+}
+
+type Acquire = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>;
+
+/// A service just below the breaker that, like a pool with one connection, is ready only with a
+/// permit of `slots`; it marks a probe queued while it waits, and sent when called. Its calls
+/// wait for `release`.
+struct Below {
+    breaker: Breaker,
+    slots: Arc<Semaphore>,
+    acquire: Option<Acquire>,
+    permit: Option<OwnedSemaphorePermit>,
+    mark: Option<QueuedProbe>,
+    release: Arc<Notify>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Below {
+    fn new(breaker: &Breaker, slots: &Arc<Semaphore>, release: &Arc<Notify>) -> Below {
+        Below {
+            breaker: breaker.clone(),
+            slots: slots.clone(),
+            acquire: None,
+            permit: None,
+            mark: None,
+            release: release.clone(),
+            sent: Arc::default(),
+        }
+    }
+}
+
+impl Service<bool> for Below {
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.mark.is_none() {
+            self.mark = self.breaker.probe_queued();
+        }
+        if self.permit.is_none() {
+            let slots = self.slots.clone();
+            let acquire = self.acquire.get_or_insert_with(|| {
+                Box::pin(async move { slots.acquire_owned().await.unwrap() })
+            });
+            let permit = std::task::ready!(acquire.as_mut().poll(cx));
+            self.acquire = None;
+            self.permit = Some(permit);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, ok: bool) -> Self::Future {
+        if let Some(mark) = self.mark.take() {
+            mark.sent();
+        }
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let permit = self.permit.take().expect("called before ready");
+        let release = self.release.clone();
+        Box::pin(async move {
+            release.notified().await;
+            drop(permit);
+            if ok {
+                Ok(())
+            } else {
+                Err("upstream failed".into())
+            }
+        })
+    }
+}
+
+/// A probe that waits for the only slot longer than the patience is not hung: callers meanwhile
+/// are refused, but the breaker stays half-open, and the probe's success closes it. (Before,
+/// the first caller past the patience reopened it, and the probe's success was stale.)
+#[tokio::test(start_paused = true)]
+async fn a_probe_waiting_below_the_breaker_is_not_taken_for_a_hung_one() {
+    let breaker = breaker();
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(0)); // the only connection is busy
+    let release = Arc::new(Notify::new());
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let below = Below::new(&breaker, &slots, &release);
+    let sent = below.sent.clone();
+    let probe = tokio::spawn(layer.layer(below).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let generation = breaker.generation();
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        0,
+        "the probe waits for its slot"
+    );
+
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        (breaker.state(), breaker.generation()),
+        (State::HalfOpen, generation),
+        "a caller 20 s into a 5 s patience reopened the breaker while its probe was queued"
+    );
+
+    slots.add_permits(1);
+    tokio::task::yield_now().await;
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    // Sent: the patience runs from now. 4 s in, not yet.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(breaker.state(), State::HalfOpen);
+    release.notify_waiters();
+    probe.await.unwrap().unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+    send(&mut other, true).await.unwrap();
+}
+
+/// Once sent, a probe that hangs for the patience reopens the breaker, counted from its
+/// sending, not from the half-open's start.
+#[tokio::test(start_paused = true)]
+async fn a_sent_probe_that_hangs_reopens_after_the_patience_counted_from_its_send() {
+    let breaker = breaker();
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(0));
+    let release = Arc::new(Notify::new());
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let probe = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    slots.add_permits(1);
+    tokio::task::yield_now().await; // sent 11 s after the half-open began; then hangs
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_millis(4_900)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "reopened before the patience ran out"
+    );
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "a probe hung 5 s after its send"
+    );
+    probe.abort();
+}
+
+/// A mark dropped unsent unqueues its probe: the patience runs again from the half-open's start.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_mark_resumes_the_patience() {
+    let breaker = breaker();
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // A probe sent and hung, straight below the breaker.
+    let gate = Gate {
+        calls: Arc::default(),
+        release: Arc::new(Notify::new()),
+    };
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let _hung = tokio::spawn(layer.layer(gate.clone()).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+    let mark = breaker.probe_queued().expect("half-open");
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "paused while a probe is queued"
+    );
+    drop(mark);
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the mark was dropped: 10 s into a 5 s patience with a hung probe"
+    );
+}
+
+/// A readied service dropped before its call gives its mark back with its probe slot.
+#[tokio::test(start_paused = true)]
+async fn a_readied_service_dropped_unqueues_its_probe() {
+    let breaker = breaker();
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(1));
+    let release = Arc::new(Notify::new());
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let mut readied = layer.layer(Below::new(&breaker, &slots, &release));
+    readied.ready().await.unwrap();
+    assert_eq!(breaker.state(), State::HalfOpen);
+    drop(readied);
+    // Neither the slot nor the queue is held: the next caller is the probe, and closes it.
+    let mut other = flaky(&layer);
+    send(&mut other, true).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// Marks are for the half-open they were made in: none while closed or open, and a mark from an
+/// earlier half-open neither pauses a later one nor moves its patience when sent.
+#[tokio::test(start_paused = true)]
+async fn a_mark_from_an_earlier_half_open_changes_nothing() {
+    let breaker = breaker();
+    assert!(breaker.probe_queued().is_none(), "closed");
+    trip(&breaker).await;
+    assert!(breaker.probe_queued().is_none(), "open");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let gate = Gate {
+        calls: Arc::default(),
+        release: Arc::new(Notify::new()),
+    };
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let _hung = tokio::spawn(layer.layer(gate.clone()).oneshot(true));
+    tokio::task::yield_now().await;
+    let old = breaker.probe_queued().expect("half-open");
+    let old_generation = old.generation();
+    let old_sent = breaker.probe_queued().expect("half-open");
+    // Reopen and half-open again, the old marks alive.
+    breaker.reset();
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(2)).await; // the second opening lasts 2 s
+    let _hung2 = tokio::spawn(layer.layer(gate.clone()).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert!(breaker.generation() > old_generation);
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    old_sent.sent(); // from the earlier half-open: the patience still counts from this one's start
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "an earlier half-open's mark held this one past its patience"
+    );
+    drop(old);
+}

@@ -1,0 +1,160 @@
+//! The breaker's half-open patience (`max_half_open_wait`) counts from when the probe is sent,
+//! not from the half-open's start: a probe that waits for the origin's only connection behind a
+//! long, healthy exchange is not taken for a hung one. (Found by a review of 4c23e3e with a test
+//! like this one; before the fix the next caller reopened the circuit and the probe's late
+//! success was stale.)
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use palisade_client::{BreakerState, Client};
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+/// A body whose one chunk comes after a delay: the exchange holds its connection until then.
+struct LateBody(Option<Pin<Box<Sleep>>>);
+
+impl Body for LateBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let Some(sleep) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{}")))))
+    }
+}
+
+/// `/fail`: a `500` whose body ends `body` after its head; anything else: a `200` at once.
+async fn upstream(body: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let (status, late) = if req.uri().path() == "/fail" {
+                        (StatusCode::INTERNAL_SERVER_ERROR, body)
+                    } else {
+                        (StatusCode::OK, Duration::ZERO)
+                    };
+                    let mut res = Response::new(LateBody(Some(Box::pin(tokio::time::sleep(late)))));
+                    *res.status_mut() = status;
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_queued_for_the_only_connection_is_not_taken_for_a_hung_one() {
+    let url = upstream(Duration::from_secs(4)).await;
+    let breaker = palisade_breaker::Config::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
+        .jitter(0)
+        .max_half_open_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let client = Client::builder(&url)
+        .max_connections_per_host(1)
+        .breaker(breaker)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let host = client.base_host();
+
+    // t = 0: a 500 opens the breaker (for 1 s); its body holds the only connection for 4 s.
+    let failed = client.get("/fail").await.unwrap();
+    assert_eq!(failed.status(), 500);
+    assert_eq!(host.breaker().state(), BreakerState::Open);
+    let reader = tokio::spawn(async move { failed.bytes().await });
+
+    // t = 1.5: the probe passes the half-open breaker and waits for the connection.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let probe = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/probe").await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
+    let generation = host.breaker().generation();
+
+    // t = 3.6: past the 2 s patience, the probe still queued. Refused, but not reopened.
+    tokio::time::sleep(Duration::from_millis(2_090)).await;
+    let refused = client.get("/other").await.unwrap_err();
+    assert!(refused.is_circuit_open(), "{refused}");
+    assert_eq!(
+        (host.breaker().state(), host.breaker().generation()),
+        (BreakerState::HalfOpen, generation),
+        "a caller past the patience reopened the breaker while its probe waited for the \
+         connection"
+    );
+
+    // t = 4: the body ends, the probe is sent on the freed connection and its 200 closes it.
+    reader.await.unwrap().unwrap();
+    assert_eq!(probe.await.unwrap().unwrap(), 200);
+    assert_eq!(host.breaker().state(), BreakerState::Closed);
+    assert_eq!(client.get("/after").await.unwrap().status(), 200);
+}
+
+/// The same for a probe waiting for its rate-limit turn: with one request per 10 s, the probe
+/// admitted 1.5 s after the failure waits until 10 s, far past a 2 s patience.
+#[tokio::test(start_paused = true)]
+async fn a_probe_waiting_for_its_rate_limit_turn_is_not_taken_for_a_hung_one() {
+    let url = upstream(Duration::ZERO).await;
+    let breaker = palisade_breaker::Config::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
+        .jitter(0)
+        .max_half_open_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let client = Client::builder(&url)
+        .rate("6/min")
+        .burst(1)
+        .breaker(breaker)
+        .build()
+        .unwrap();
+    let host = client.base_host();
+    assert_eq!(client.get("/fail").await.unwrap().status(), 500);
+    assert_eq!(host.breaker().state(), BreakerState::Open);
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let probe = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/probe").await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
+    let generation = host.breaker().generation();
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = client.get("/other").await.unwrap_err();
+    assert!(refused.is_circuit_open(), "{refused}");
+    assert_eq!(
+        (host.breaker().state(), host.breaker().generation()),
+        (BreakerState::HalfOpen, generation),
+        "a caller past the patience reopened the breaker while its probe waited for its turn"
+    );
+    assert_eq!(probe.await.unwrap().unwrap(), 200);
+    assert_eq!(host.breaker().state(), BreakerState::Closed);
+}
