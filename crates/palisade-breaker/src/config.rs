@@ -25,7 +25,7 @@ pub enum WindowKind {
 /// Defaults: a count window of the last 100 calls; open at a failure rate of 50 % once 20 calls
 /// are in the window; no slow-call rule; no consecutive-failure rule; open for 5 s, doubling on
 /// each opening in a row up to 60 s, ±10 % jitter; in half-open, 1 probe at a time, close after
-/// 1 successful probe, reopen if the probes take longer than 30 s in all.
+/// 1 successful probe, reopen if the probes have not decided within 30 s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub(crate) window: WindowKind,
@@ -167,7 +167,10 @@ impl ConfigBuilder {
         self
     }
 
-    /// Reopen when half-open has not decided within `wait` (a hung probe cannot wedge it).
+    /// Reopen when half-open has not decided within `wait` (a hung probe cannot wedge it). The
+    /// wait counts from the half-open's start or, in a stack that marks its probes
+    /// ([`Breaker::probe_queued`](crate::Breaker::probe_queued)), from a probe's send, paused
+    /// while a probe is queued below the breaker and none is out.
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.config.max_half_open_wait = wait;
         self

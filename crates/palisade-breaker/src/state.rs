@@ -182,10 +182,11 @@ pub(crate) struct Core {
     /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
     half_open: AtomicU64,
     /// Probes of a half-open still waiting below the breaker ([`QueuedProbe`]): generation
-    /// (low 32 bits) | count (high 32). While any wait, the half-open patience is paused.
+    /// (low 32 bits) | count (high 32). While any wait and none is out (sent, undecided), the
+    /// half-open patience is paused.
     queued: AtomicU64,
-    /// When a probe was last sent ([`QueuedProbe::sent`]), ns since origin: the half-open
-    /// patience counts from the later of this and the half-open's start.
+    /// When a probe was sent while no other was out ([`QueuedProbe::sent`]), ns since origin:
+    /// the half-open patience counts from the later of this and the half-open's start.
     sent_at: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
@@ -326,12 +327,15 @@ impl Breaker {
     /// rate-limit turn, a pooled connection): while half-open, marks the call about to go down
     /// as a probe that is queued, not hung, and returns the mark; `None` in any other state.
     ///
-    /// The half-open patience ([`ConfigBuilder::max_half_open_wait`]) is paused while any
-    /// probe of the current half-open is queued, and counts from the moment one is sent
-    /// ([`QueuedProbe::sent`]) — instead of from the half-open's start, which would take a probe
-    /// that waited its turn for the patience's length for a hung one. Dropping the mark
-    /// unqueues the probe; a mark kept without ever being sent or dropped holds the half-open
-    /// until its probe's outcome arrives, so tie it to the call (its request, its future).
+    /// The half-open patience ([`ConfigBuilder::max_half_open_wait`]) is paused while a probe
+    /// of the current half-open is queued and none is out (sent, not yet decided), and counts
+    /// from the moment a probe is sent ([`QueuedProbe::sent`]) while none other is out —
+    /// instead of from the half-open's start, which would take a probe that waited its turn
+    /// for the patience's length for a hung one. A probe queued behind one that is out does
+    /// not pause it (it may be waiting for the very connection the hung one holds), and later
+    /// probes sent while one is out do not restart it (they would hide the hung one). Dropping
+    /// the mark unqueues the probe; a mark kept neither sent nor dropped can hold the
+    /// half-open for as long as it is kept, so tie it to the call (its request, its future).
     ///
     /// Call it between the breaker's admission and the wait (in the `poll_ready` of a service
     /// just below the breaker): while half-open, only probes pass the breaker.
@@ -397,7 +401,7 @@ impl Breaker {
 }
 
 /// A half-open probe waiting below the breaker to be sent, from [`Breaker::probe_queued`]:
-/// while it lives unsent, the half-open patience is paused.
+/// while it lives unsent and no probe is out, the half-open patience is paused.
 #[must_use = "dropping it unqueues the probe at once"]
 pub struct QueuedProbe {
     core: Arc<Core>,
@@ -406,13 +410,16 @@ pub struct QueuedProbe {
 }
 
 impl QueuedProbe {
-    /// The probe is being sent now: it is no longer queued, and the half-open patience counts
-    /// from this moment (a probe that then hangs for the patience's length reopens the
-    /// breaker). Does nothing once the breaker has left that half-open.
+    /// The probe is being sent now: it is no longer queued and, unless another probe is
+    /// already out, the half-open patience counts from this moment (a probe that then hangs
+    /// for the patience's length reopens the breaker). Does nothing once the breaker has left
+    /// that half-open.
     pub fn sent(mut self) {
         self.queued = false;
         let core = &self.core;
-        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN) {
+        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN)
+            && core.sent_undecided(self.generation) == 0
+        {
             core.sent_at.fetch_max(core.now(), Ordering::AcqRel);
         }
         core.unqueue_probe(self.generation);
@@ -499,13 +506,15 @@ impl Core {
                     if self.stamp.load(Ordering::Acquire) != generation {
                         return self.reject(None); // half-open is being entered right now
                     }
-                    if self.queued_probes(generation) != 0 {
+                    let out = self.sent_undecided(generation);
+                    if out == 0 && self.queued_probes(generation) != 0 {
                         // A probe is still waiting below the breaker to be sent (a rate-limit
                         // turn, a connection): not hung, however long that takes.
                         return self.reject(None);
                     }
                     let now = self.now();
-                    // From the half-open's start, or from the last probe sent if later.
+                    // From the half-open's start, or from the send that began the present run
+                    // of probes out, if later.
                     let since = self
                         .since
                         .load(Ordering::Acquire)
@@ -539,6 +548,17 @@ impl Core {
                     .then(|| pack_half(hg, taken + 1, ok))
             })
             .is_ok()
+    }
+
+    /// Probes of half-open `generation` sent and not yet decided (slots taken, not queued).
+    fn sent_undecided(&self, generation: u64) -> u64 {
+        let (hg, taken, _) = unpack_half(self.half_open.load(Ordering::Acquire));
+        let taken = if hg == generation & 0xffff_ffff {
+            taken
+        } else {
+            0
+        };
+        taken.saturating_sub(self.queued_probes(generation))
     }
 
     /// Probes of half-open `generation` waiting below the breaker.

@@ -285,3 +285,115 @@ async fn a_mark_from_an_earlier_half_open_changes_nothing() {
     );
     drop(old);
 }
+
+/// Two probe slots, one connection below: probe 1 is sent and hangs, probe 2 waits for the
+/// connection probe 1 holds. Probe 2 is queued only because probe 1 hangs, so it must not pause
+/// the patience: the next caller past it reopens the breaker. (The first version of the pause
+/// wedged this half-open for good. Found by a review of 64e670d.)
+#[tokio::test(start_paused = true)]
+async fn a_probe_queued_behind_a_hung_probe_does_not_pause_the_patience() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(1));
+    let release = Arc::new(Notify::new()); // never notified: calls hang
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let hung = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    let below = Below::new(&breaker, &slots, &release);
+    let sent = below.sent.clone();
+    let queued = tokio::spawn(layer.layer(below).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        0,
+        "probe 2 waits for the connection"
+    );
+
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "reopened before the patience ran out"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "probe 1 sent and hung for 5 s, probe 2 queued behind it: still half-open"
+    );
+    hung.abort();
+    queued.abort();
+}
+
+/// The patience counts from the first probe of a run sent while none was out, not from the
+/// last one sent: later probes, sent and then dropped (their callers' own timeouts), do not
+/// hide a probe that hangs. (The first version counted from the last send. Found by a review
+/// of 64e670d.)
+#[tokio::test(start_paused = true)]
+async fn later_probes_sent_and_dropped_do_not_hide_a_hung_one() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(2)); // two connections: nothing waits
+    let release = Arc::new(Notify::new()); // never notified: calls hang
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let hung = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let mut other = flaky(&layer);
+    // A second probe sent 3 s later and given up by its caller 1 s after that; a third takes
+    // its slot at once.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let given_up = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    given_up.abort();
+    let _ = given_up.await;
+    let third = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    // 5 s after probe 1 was sent (1 s after the third): both slots are out, the patience spent.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "probe 1 sent and hung for 5 s under a 5 s patience: a later probe hid it"
+    );
+    hung.abort();
+    third.abort();
+}

@@ -35,8 +35,8 @@ use crate::Body;
 
 type KeyFn = fn(&Request<Body>) -> Origin;
 type PoolService = Pool<Connector, Origin, KeyFn>;
-/// One origin's stack: breaker → rate limit → gate → (shared) pool → connection, whose every
-/// exchange is bounded by the timeout ([`Pooled`]).
+/// One origin's stack: hold wait → breaker → probe marks → rate limit → gate → (shared) pool →
+/// connection, whose every exchange is bounded by the timeout ([`Pooled`]).
 type Guarded =
     HoldWait<CircuitBreaker<ProbeWatch<RateLimit<HostGate<PoolService>>>, StackClassifier>>;
 /// Without retries, no `Retry` layer at all: tower's clones the whole stack below it for every

@@ -20,7 +20,8 @@ use crate::Body;
 pub(crate) struct ProbeMark(Arc<Mutex<Option<QueuedProbe>>>);
 
 impl ProbeMark {
-    /// The request is being written: the breaker's patience counts from now.
+    /// The request is handed to hyper: the breaker's patience counts from now (unless another
+    /// probe is out).
     pub(crate) fn sent(self) {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(probe) = taken {

@@ -37,7 +37,8 @@ impl Body for LateBody {
     }
 }
 
-/// `/fail`: a `500` whose body ends `body` after its head; anything else: a `200` at once.
+/// `/fail`: a `500` whose body ends `body` after its head; `/hang`: never answers; anything
+/// else: a `200` at once.
 async fn upstream(body: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -46,10 +47,10 @@ async fn upstream(body: Duration) -> String {
             let (tcp, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let (status, late) = if req.uri().path() == "/fail" {
-                        (StatusCode::INTERNAL_SERVER_ERROR, body)
-                    } else {
-                        (StatusCode::OK, Duration::ZERO)
+                    let (status, late) = match req.uri().path() {
+                        "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, body),
+                        "/hang" => std::future::pending().await,
+                        _ => (StatusCode::OK, Duration::ZERO),
                     };
                     let mut res = Response::new(LateBody(Some(Box::pin(tokio::time::sleep(late)))));
                     *res.status_mut() = status;
@@ -157,4 +158,59 @@ async fn a_probe_waiting_for_its_rate_limit_turn_is_not_taken_for_a_hung_one() {
     );
     assert_eq!(probe.await.unwrap().unwrap(), 200);
     assert_eq!(host.breaker().state(), BreakerState::Closed);
+}
+
+/// A probe queued behind a *hung* probe does not pause the patience: two probe slots, one
+/// connection; probe 1 is sent and hangs, probe 2 waits for its connection. 10 s into a 2 s
+/// patience the next caller reopens the breaker. (With the first version of the pause, probe 2
+/// kept it paused until the 1 h request timeout. Found by a review of 64e670d.)
+#[tokio::test(start_paused = true)]
+async fn a_hung_probe_reopens_after_the_patience_with_a_second_probe_queued_behind_it() {
+    let url = upstream(Duration::ZERO).await;
+    let breaker = palisade_breaker::Config::builder()
+        .consecutive_failures(1)
+        .half_open_probes(2)
+        .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
+        .jitter(0)
+        .max_half_open_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // A long timeout (large downloads, say): the patience is what catches a hung probe.
+    let client = Client::builder(&url)
+        .max_connections_per_host(1)
+        .breaker(breaker)
+        .timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let host = client.base_host();
+    assert_eq!(client.get("/fail").await.unwrap().status(), 500);
+    assert_eq!(host.breaker().state(), BreakerState::Open);
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let hung = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/hang").await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
+    let queued = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/probe").await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        !queued.is_finished(),
+        "probe 2 waits for the only connection"
+    );
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let refused = client.get("/other").await.unwrap_err();
+    assert!(refused.is_circuit_open(), "{refused}");
+    assert_eq!(
+        host.breaker().state(),
+        BreakerState::Open,
+        "probe 1 sent and hung for 10 s under a 2 s patience, probe 2 queued behind it"
+    );
+    hung.abort();
+    queued.abort();
 }
