@@ -170,8 +170,10 @@ impl Host {
 
 impl Host {
     /// Nothing would be lost by forgetting this origin: a fresh one would be the same.
-    fn is_quiet(&self) -> bool {
-        Arc::strong_count(&self.gate) <= self.idle_refs
+    fn is_quiet(&self, quota: Quota) -> bool {
+        self.limiter.quota() == quota
+            && self.retry.as_ref().map_or(true, |r| r.is_rested())
+            && Arc::strong_count(&self.gate) <= self.idle_refs
             && self.breaker.state() == palisade_breaker::State::Closed
             // Failures still counting towards a trip are state a fresh breaker lacks (a run of
             // failures only under a consecutive-failure rule: without one it never resets, and
@@ -319,7 +321,7 @@ impl Hosts {
         if others.map.len() >= others.sweep_at.max(self.max_origins) {
             let before = others.map.len();
             others.map.retain(|o, host| {
-                let quiet = host.is_quiet();
+                let quiet = host.is_quiet(self.make.quota);
                 if quiet {
                     self.make.connector.forget_hold(o);
                 }
@@ -368,6 +370,18 @@ impl Service<Request<Body>> for Router {
                 error: Some(Error::builder(format!(
                     "request URI {:?} is https, which needs palisade-client's `tls` feature",
                     req.uri().to_string()
+                ))),
+            };
+        }
+        if !matches!(
+            req.version(),
+            http::Version::HTTP_10 | http::Version::HTTP_11 | http::Version::HTTP_2
+        ) {
+            return RouteFuture {
+                inner: None,
+                error: Some(Error::builder(format!(
+                    "request version {:?}: this client speaks HTTP/1.x",
+                    req.version()
                 ))),
             };
         }
@@ -571,13 +585,21 @@ impl Client {
     }
 
     /// Sends a request. A relative URI is resolved against the base URL; a `User-Agent` is
-    /// added unless the request has one.
+    /// added unless the request has one. A URI naming a server without a scheme
+    /// (`host:port`), or a version other than HTTP/1.0, 1.1 or 2 (sent as 1.1), is refused as
+    /// a builder error before anything is spent.
     ///
     /// # Errors
     ///
     /// As [`get`](Self::get).
     pub async fn request(&self, req: Request<impl Into<Body>>) -> Result<Response, Error> {
         let (mut parts, body) = req.into_parts();
+        if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
+            return Err(Error::builder(format!(
+                "request URI {:?} names a server without a scheme",
+                parts.uri.to_string()
+            )));
+        }
         if parts.uri.scheme().is_none() {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = self.url(pq)?;

@@ -38,6 +38,9 @@ impl Origin {
         let text = authority.as_str();
         let rest = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
         let host = authority.host();
+        if host.is_empty() {
+            return None;
+        }
         let port = authority.port_u16();
         // The port as written: nothing, or `:` and its digits. One spelling per port: none for
         // the default (or an empty `h:`), else the plain decimal (not `08080`).

@@ -147,9 +147,20 @@ pub(crate) struct RetryShared {
     retries: AtomicU64,
     refused_by_budget: AtomicU64,
     seed: AtomicU64,
+    /// When the budget was last withdrawn from (nanoseconds since `born`, plus one; 0: never).
+    last_withdrawal: AtomicU64,
+    born: tokio::time::Instant,
 }
 
 impl RetryShared {
+    /// Nothing withdrawn within the budget's window: a fresh budget would be the same.
+    pub(crate) fn is_rested(&self) -> bool {
+        let last = self.last_withdrawal.load(Ordering::Relaxed);
+        last == 0
+            || self.born + Duration::from_nanos(last - 1) + self.settings.window
+                <= tokio::time::Instant::now()
+    }
+
     pub(crate) fn new(settings: Retries, gate: Arc<GateState>) -> Self {
         // `check` has kept the arguments inside TpsBudget's asserted ranges.
         let budget = TpsBudget::new(settings.window, settings.min_per_sec, settings.ratio);
@@ -160,6 +171,8 @@ impl RetryShared {
             retries: AtomicU64::new(0),
             refused_by_budget: AtomicU64::new(0),
             seed: AtomicU64::new(0x2545_F491_4F6C_DD1D),
+            last_withdrawal: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
         }
     }
 
@@ -412,6 +425,10 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
             tracing::debug!(uri = %req.uri(), "retry budget spent; not retrying");
             return None;
         }
+        shared.last_withdrawal.store(
+            u64::try_from(shared.born.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
         self.attempt += 1;
         self.last = Some(match result {
             Ok(res) => format!("answered {}", res.status()),
