@@ -21,6 +21,9 @@ use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
+/// Far beyond any outcome's due time (the client's timeout, a hold, an open breaker), and free
+/// on paused time: a request with no outcome by then never gets one.
+const NO_OUTCOME: Duration = Duration::from_secs(600);
 
 /// A breaker that opens quickly and stays open exactly `open` (no backoff, no jitter).
 fn quick_breaker(open: Duration) -> palisade::breaker::Config {
@@ -43,29 +46,35 @@ enum Seen {
 }
 
 /// Sends `GET path` with `x-request-id: id`, reads the body, and checks that the answer is the
-/// one to this request (the upstream echoes the id).
+/// one to this request (the upstream echoes the id). A request with no outcome after
+/// [`NO_OUTCOME`] fails the test instead of hanging it: "exactly one outcome" includes "at
+/// least one".
 async fn send(client: &Client, path: &str, id: &str) -> Seen {
     let req = Request::get(path)
         .header("x-request-id", id)
         .body(Body::default())
         .unwrap();
-    match client.request(req).await {
-        Ok(res) => {
-            let status = res.status();
-            match res.text().await {
-                Ok(body) => {
-                    assert!(
-                        body.contains(&format!("\"id\":\"{id}\"")),
-                        "the answer to {id} is {body}"
-                    );
-                    Seen::Status(status)
+    let outcome = tokio::time::timeout(NO_OUTCOME, async {
+        match client.request(req).await {
+            Ok(res) => {
+                let status = res.status();
+                match res.text().await {
+                    Ok(body) => {
+                        assert!(
+                            body.contains(&format!("\"id\":\"{id}\"")),
+                            "the answer to {id} is {body}"
+                        );
+                        Seen::Status(status)
+                    }
+                    Err(e) => Seen::Failed(e.class()),
                 }
-                Err(e) => Seen::Failed(e.class()),
             }
+            Err(e) if e.is_refused() => Seen::Refused(e.class()),
+            Err(e) => Seen::Failed(e.class()),
         }
-        Err(e) if e.is_refused() => Seen::Refused(e.class()),
-        Err(e) => Seen::Failed(e.class()),
-    }
+    })
+    .await;
+    outcome.unwrap_or_else(|_| panic!("{id} had no outcome after {NO_OUTCOME:?}"))
 }
 
 /// The breaker transitions a listener saw, with the origin whose breaker moved.
@@ -634,5 +643,265 @@ async fn a_stale_connection_discarded_at_checkout_is_not_counted_as_reused() {
         (stats.total.opened, stats.total.reused),
         (3, 0),
         "{stats:?}"
+    );
+}
+
+// ===== Added by an audit that mutated the code each test guards (2026-11-26) =====
+
+/// Without a rate limit (the client's default) the token check cannot stand in for the
+/// connection check: a refusal that checks out the pooled connection (and so discards it)
+/// must be seen in the pool's own figures, not only in `opened`.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_leaves_the_pool_untouched() {
+    let upstream = Upstream::builder()
+        .outage(Outage::requests(1..6))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(upstream.url("/"))
+        .breaker(quick_breaker(SECOND))
+        .build()
+        .unwrap();
+    let host = client.base_host();
+    for i in 0..5 {
+        let seen = send(&client, "/api/item/x", &format!("fail-{i}")).await;
+        assert_eq!(seen, Seen::Status(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    assert_eq!(host.breaker().state(), BreakerState::Open);
+    let before = client.pool().stats().total;
+    assert_eq!((before.opened, before.idle), (1, 1), "{before:?}");
+
+    for i in 0..20 {
+        assert_eq!(
+            send(&client, "/api/item/x", &format!("refused-{i}")).await,
+            Seen::Refused("circuit_open")
+        );
+    }
+    // Every figure, not only `opened`: no checkout (reused), no discard (closed), the idle
+    // connection still there.
+    assert_eq!(client.pool().stats().total, before);
+    assert_eq!(upstream.connections_accepted(), 1);
+    assert_eq!(upstream.requests_received(), 5);
+
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(
+        send(&client, "/api/item/x", "probe").await,
+        Seen::Status(StatusCode::OK)
+    );
+    // The probe went out on the connection kept from before the refusals.
+    let after = client.pool().stats().total;
+    assert_eq!(
+        (after.opened, after.reused),
+        (1, before.reused + 1),
+        "{after:?}"
+    );
+}
+
+/// An outage longer than the open duration: the first probes meet it. Each failed probe must
+/// reopen the breaker (and the requests in between be refused, never sent); it closes only on
+/// the first probe after the outage.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_meets_the_outage_reopens_the_breaker() {
+    // Requests 1..=7 fail: five open the breaker, then two probes fail; the third succeeds.
+    let upstream = Upstream::builder()
+        .outage(Outage::requests(1..8))
+        .start()
+        .await
+        .unwrap();
+    let (transitions, listener) = record_transitions();
+    let client = Client::builder(upstream.url("/"))
+        .breaker(quick_breaker(SECOND))
+        .on_breaker_transition(listener)
+        .build()
+        .unwrap();
+    let host = client.base_host();
+    for i in 0..5 {
+        let seen = send(&client, "/api/item/x", &format!("fail-{i}")).await;
+        assert_eq!(seen, Seen::Status(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    assert_eq!(host.breaker().state(), BreakerState::Open);
+    for round in 0..2 {
+        tokio::time::sleep(SECOND).await;
+        assert_eq!(
+            send(&client, "/api/item/x", &format!("probe-{round}")).await,
+            Seen::Status(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(host.breaker().state(), BreakerState::Open, "round {round}");
+        assert_eq!(
+            send(&client, "/api/item/x", &format!("after-probe-{round}")).await,
+            Seen::Refused("circuit_open"),
+            "round {round}"
+        );
+    }
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(
+        send(&client, "/api/item/x", "probe-2").await,
+        Seen::Status(StatusCode::OK)
+    );
+    assert_eq!(host.breaker().state(), BreakerState::Closed);
+    assert_eq!(upstream.requests_received(), 8);
+    assert!(upstream
+        .count_by_id()
+        .keys()
+        .all(|id| !id.starts_with("after-probe")));
+    let moves: Vec<(BreakerState, BreakerState)> = transitions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t)| (t.from, t.to))
+        .collect();
+    use BreakerState::{Closed, HalfOpen, Open};
+    assert_eq!(
+        moves,
+        [
+            (Closed, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Closed),
+        ]
+    );
+}
+
+// ===== 4. Retry-After alone =====
+
+/// What the scripted server saw: each request's id, when it arrived, and (for the 429) when it
+/// was answered.
+#[derive(Default)]
+struct Log {
+    arrivals: Vec<(String, Instant)>,
+    answered_429: Option<Instant>,
+}
+
+/// A keep-alive HTTP/1.1 server that answers the request with id `trigger` with
+/// `429 Too Many Requests` and `Retry-After: 2` (and no `RateLimit` header, unlike the
+/// testkit's rate limit), 100 ms after it arrives; every other request with `200 ok`.
+async fn retry_after_server() -> (std::net::SocketAddr, Arc<Mutex<Log>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let shared = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let log = shared.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let id = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case("x-request-id")
+                                .then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_default();
+                    log.lock()
+                        .unwrap()
+                        .arrivals
+                        .push((id.clone(), Instant::now()));
+                    let answer: &[u8] = if id == "trigger" {
+                        tokio::time::sleep(100 * MS).await;
+                        log.lock().unwrap().answered_429 = Some(Instant::now());
+                        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// A 429 with `Retry-After: 2` and nothing else: no request reaches the host for 2 s after
+/// it — neither those sent later (held at the rate limiter) nor those already past it, waiting
+/// for the origin's only connection when the 429 came (held at the connection).
+#[tokio::test(start_paused = true)]
+async fn after_a_429_with_only_retry_after_nothing_reaches_the_host_for_two_seconds() {
+    let (addr, log) = retry_after_server().await;
+    let client = Client::builder(format!("http://{addr}/"))
+        .max_connections_per_host(1)
+        .build()
+        .unwrap();
+    let get = |id: String| {
+        let client = client.clone();
+        async move {
+            let req = Request::get("/api/item/1")
+                .header("x-request-id", id.as_str())
+                .body(Body::default())
+                .unwrap();
+            let res = tokio::time::timeout(NO_OUTCOME, client.request(req))
+                .await
+                .unwrap_or_else(|_| panic!("{id}: no outcome"))
+                .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+            let status = res.status();
+            res.text().await.unwrap();
+            (id, status)
+        }
+    };
+    let mut set = JoinSet::new();
+    set.spawn(get("trigger".to_owned()));
+    // The trigger is on the wire; these wait for the only connection, already admitted.
+    tokio::time::sleep(10 * MS).await;
+    assert_eq!(log.lock().unwrap().arrivals.len(), 1);
+    for i in 0..5 {
+        set.spawn(get(format!("queued-{i}")));
+    }
+    // Half a second after the 429, and again 1.5 s after it: sent after the answer.
+    tokio::time::sleep(590 * MS).await;
+    for i in 0..5 {
+        set.spawn(get(format!("later-{i}")));
+    }
+    tokio::time::sleep(SECOND).await;
+    for i in 0..5 {
+        set.spawn(get(format!("last-{i}")));
+    }
+    while let Some(joined) = set.join_next().await {
+        let (id, status) = joined.unwrap();
+        let want = if id == "trigger" {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "{id}");
+    }
+
+    let log = log.lock().unwrap();
+    let t429 = log.answered_429.expect("the trigger was answered");
+    assert_eq!(log.arrivals.len(), 16, "each request once");
+    for (id, at) in log.arrivals.iter().filter(|(id, _)| id != "trigger") {
+        assert!(
+            *at >= t429 + 2 * SECOND,
+            "{id} arrived {:?} after the 429 with Retry-After: 2",
+            *at - t429
+        );
+    }
+    let mut ids: Vec<&str> = log.arrivals.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 16, "nothing sent twice");
+    assert_eq!(
+        log.arrivals[0].0, "trigger",
+        "the trigger went first: {:?}",
+        log.arrivals
     );
 }
