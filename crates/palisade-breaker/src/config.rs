@@ -25,7 +25,8 @@ pub enum WindowKind {
 /// Defaults: a count window of the last 100 calls; open at a failure rate of 50 % once 20 calls
 /// are in the window; no slow-call rule; no consecutive-failure rule; open for 5 s, doubling on
 /// each opening in a row up to 60 s, ±10 % jitter; in half-open, 1 probe at a time, close after
-/// 1 successful probe, reopen if the probes have not decided within 30 s.
+/// 1 successful probe, reopen if the probes have not decided within 30 s (a probe queued below
+/// the breaker excused for at most 300 s more).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub(crate) window: WindowKind,
@@ -36,6 +37,7 @@ pub struct Config {
     pub(crate) probes: u16,
     pub(crate) close_after: u16,
     pub(crate) max_half_open_wait: Duration,
+    pub(crate) max_probe_queue_wait: Duration,
     pub(crate) open_base: Duration,
     pub(crate) open_multiplier: u32,
     pub(crate) open_cap: Duration,
@@ -76,6 +78,7 @@ impl Default for Config {
             probes: 1,
             close_after: 1,
             max_half_open_wait: Duration::from_secs(30),
+            max_probe_queue_wait: Duration::from_secs(300),
             open_base: Duration::from_secs(5),
             open_multiplier: 2,
             open_cap: Duration::from_secs(60),
@@ -170,9 +173,19 @@ impl ConfigBuilder {
     /// Reopen when half-open has not decided within `wait` (a hung probe cannot wedge it). The
     /// wait counts from the half-open's start or, in a stack that marks its probes
     /// ([`Breaker::probe_queued`](crate::Breaker::probe_queued)), from a probe's send, paused
-    /// while a probe is queued below the breaker and none is out.
+    /// while a probe is queued below the breaker and none is out (for at most
+    /// [`max_probe_queue_wait`](Self::max_probe_queue_wait) more).
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.config.max_half_open_wait = wait;
+        self
+    }
+
+    /// How much longer than `max_half_open_wait` a half-open may wait for a probe queued below
+    /// the breaker ([`Breaker::probe_queued`](crate::Breaker::probe_queued)) before taking it
+    /// for hung (default 300 s): a bound on the pause, so a queue that never moves — behind a
+    /// call that hangs with no timeout below — cannot wedge the half-open.
+    pub fn max_probe_queue_wait(mut self, wait: Duration) -> Self {
+        self.config.max_probe_queue_wait = wait;
         self
     }
 
@@ -274,6 +287,11 @@ impl ConfigBuilder {
         }
         if c.max_half_open_wait > YEAR {
             return Err(ConfigError::new("max_half_open_wait is longer than a year"));
+        }
+        if c.max_probe_queue_wait > YEAR {
+            return Err(ConfigError::new(
+                "max_probe_queue_wait is longer than a year",
+            ));
         }
         if c.open_base.is_zero() {
             return Err(ConfigError::new("open duration must be longer than zero"));

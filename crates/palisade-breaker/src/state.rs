@@ -200,6 +200,11 @@ pub(crate) struct Core {
     listener: Option<Listener>,
 }
 
+/// A duration in nanoseconds, saturated.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn pack(generation: u64, code: u64) -> u64 {
     (generation << 3) | code
 }
@@ -333,9 +338,12 @@ impl Breaker {
     /// instead of from the half-open's start, which would take a probe that waited its turn
     /// for the patience's length for a hung one. A probe queued behind one that is out does
     /// not pause it (it may be waiting for the very connection the hung one holds), and later
-    /// probes sent while one is out do not restart it (they would hide the hung one). Dropping
-    /// the mark unqueues the probe; a mark kept neither sent nor dropped can hold the
-    /// half-open for as long as it is kept, so tie it to the call (its request, its future).
+    /// probes sent while one is out do not restart it (they would hide the hung one); a
+    /// success that does not close the breaker does. The pause lasts at most
+    /// [`ConfigBuilder::max_probe_queue_wait`] past the patience. Dropping the mark unqueues
+    /// the probe; tie it to the call (its request, its future).
+    ///
+    /// [`ConfigBuilder::max_probe_queue_wait`]: crate::ConfigBuilder::max_probe_queue_wait
     ///
     /// Call it between the breaker's admission and the wait (in the `poll_ready` of a service
     /// just below the breaker): while half-open, only probes pass the breaker.
@@ -506,21 +514,25 @@ impl Core {
                     if self.stamp.load(Ordering::Acquire) != generation {
                         return self.reject(None); // half-open is being entered right now
                     }
-                    let out = self.sent_undecided(generation);
-                    if out == 0 && self.queued_probes(generation) != 0 {
-                        // A probe is still waiting below the breaker to be sent (a rate-limit
-                        // turn, a connection): not hung, however long that takes.
-                        return self.reject(None);
-                    }
                     let now = self.now();
                     // From the half-open's start, or from the send that began the present run
-                    // of probes out, if later.
+                    // of probes out (or the last success of a run), if later.
                     let since = self
                         .since
                         .load(Ordering::Acquire)
                         .max(self.sent_at.load(Ordering::Acquire));
-                    let wait = u64::try_from(self.config.max_half_open_wait.as_nanos()).unwrap_or(u64::MAX);
-                    if now.saturating_sub(since) < wait {
+                    let waited = now.saturating_sub(since);
+                    let wait = nanos(self.config.max_half_open_wait);
+                    if waited < wait {
+                        return self.reject(None);
+                    }
+                    // A probe still waiting below the breaker to be sent (a rate-limit turn, a
+                    // connection), with none out: not hung — up to a bound, since what it
+                    // waits behind may hang too.
+                    if self.sent_undecided(generation) == 0
+                        && self.queued_probes(generation) != 0
+                        && waited < wait.saturating_add(nanos(self.config.max_probe_queue_wait))
+                    {
                         return self.reject(None);
                     }
                     // The probes have had their time and not decided: one has hung. Reopen;
@@ -720,6 +732,10 @@ impl Core {
                     // Exactly one probe's success is the closing one.
                     if unpack_half(before).2 + 1 == close_after {
                         self.close(s);
+                    } else {
+                        // A probe answered: the others out get a patience of their own from
+                        // here, not what is left of the one that began with that probe's send.
+                        self.sent_at.fetch_max(self.now(), Ordering::AcqRel);
                     }
                 }
             }

@@ -101,6 +101,10 @@ fn invalid_configs_say_what_is_wrong() {
             "max_half_open_wait is longer than a year",
         ),
         (
+            Config::builder().max_probe_queue_wait(s(400 * 24 * 3600)),
+            "max_probe_queue_wait is longer than a year",
+        ),
+        (
             Config::builder().time_window(s(400 * 24 * 3600), s(400 * 24 * 3600)),
             "time window span is longer than a year",
         ),

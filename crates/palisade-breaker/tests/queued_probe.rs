@@ -397,3 +397,132 @@ async fn later_probes_sent_and_dropped_do_not_hide_a_hung_one() {
     hung.abort();
     third.abort();
 }
+
+/// The probe of one half-open is sent and hangs on the only connection (no timeout below);
+/// the patience reopens the breaker, as 8d5b870 intends. The next half-open's probe then waits
+/// for the connection the *old* probe still holds: it is counted as queued, the old one is not
+/// counted as out (`sent_undecided` reads only the current generation's slots), so the
+/// patience is paused — for as long as the old probe hangs, here for ever. Every caller was
+/// refused and the breaker never reopened (found by a review of 8d5b870): the pause is now
+/// bounded by `max_probe_queue_wait` (300 s by default) past the patience.
+#[tokio::test(start_paused = true)]
+async fn a_probe_queued_behind_a_hung_probe_of_an_earlier_half_open_does_not_pause_the_patience_for_ever(
+) {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(1)); // one connection
+    let release = Arc::new(Notify::new()); // never notified: a sent call hangs
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let hung = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let mut other = flaky(&layer);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(breaker.state(), State::Open, "the hung probe reopened it");
+
+    // The second opening lasts 2 s; then a probe of the new half-open queues for the
+    // connection the old probe holds.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let below = Below::new(&breaker, &slots, &release);
+    let sent = below.sent.clone();
+    let queued = tokio::spawn(layer.layer(below).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let generation = breaker.generation();
+    assert_eq!(sent.load(Ordering::SeqCst), 0, "the new probe waits");
+
+    // Ten minutes under a 5 s patience, a caller every minute.
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let _ = send(&mut other, true).await;
+    }
+    assert!(
+        !(breaker.state() == State::HalfOpen && breaker.generation() == generation),
+        "still in the same half-open 10 min into a 5 s patience: its only probe waits behind \
+         a probe of the previous half-open that hangs, and the patience stays paused"
+    );
+    hung.abort();
+    queued.abort();
+}
+
+/// Two probes to close, three slots. Probe A is sent at the half-open's start; B is sent
+/// 4 s later while A is out (so the patience keeps counting from A's send); A then succeeds.
+/// C takes A's slot and is sent. 5.5 s after A's send — 1.5 s after B's, at once after C's,
+/// both healthy and out — the next caller reopens the breaker: B and C are taken for hung,
+/// with most of their patience unspent. (On 64e670d the patience counted from C's send; a
+/// regression of 8d5b870, found by its review: a success that does not close restarts it.)
+#[tokio::test(start_paused = true)]
+async fn a_probe_sent_while_another_was_out_keeps_its_patience_once_that_one_succeeds() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .close_after(2)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(3)); // a connection each: nothing waits
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let release_a = Arc::new(Notify::new());
+    let a = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release_a))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let generation = breaker.generation();
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let release_b = Arc::new(Notify::new());
+    let b = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release_b))
+            .oneshot(true),
+    );
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(500)).await;
+    release_a.notify_one();
+    a.await.unwrap().unwrap(); // one success of the two needed
+    assert_eq!(
+        (breaker.state(), breaker.generation()),
+        (State::HalfOpen, generation)
+    );
+    let release_c = Arc::new(Notify::new());
+    let c = tokio::spawn(
+        layer
+            .layer(Below::new(&breaker, &slots, &release_c))
+            .oneshot(true),
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+
+    let mut other = flaky(&layer);
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        (breaker.state(), breaker.generation()),
+        (State::HalfOpen, generation),
+        "reopened 1.5 s after probe B was sent (5 s patience), A having succeeded: the \
+         patience still counted from A's send"
+    );
+    release_b.notify_one();
+    release_c.notify_one();
+    b.await.unwrap().unwrap();
+    c.await.unwrap().unwrap();
+    assert_eq!(breaker.state(), State::Closed, "both probes succeeded");
+}

@@ -220,8 +220,9 @@ impl ClientBuilder {
     /// Each origin a request goes to gets its own breaker, rate limiter, hold and connections.
     /// When a new origin would make more than `max` of them, the client forgets every origin
     /// that is quiet: nothing in flight, no connection open, its breaker closed with no
-    /// failure counting towards a trip, no hold ahead, its full burst available, and no
-    /// [`Host`](crate::Host) handle to it held. Forgetting one loses nothing that would count
+    /// failure counting towards a trip, no hold ahead, its full burst available, the
+    /// configured quota (not one set through its `Host`), no retry drawn from its budget within
+    /// the budget's window, and no [`Host`](crate::Host) handle to it held. Forgetting one loses nothing that would count
     /// against a request (its successes in the breaker's window, at most). Origins that are not quiet are kept even
     /// beyond `max`: the bound is on remembered idle state, never a refusal.
     pub fn max_origins(mut self, max: usize) -> Self {

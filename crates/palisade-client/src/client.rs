@@ -596,7 +596,8 @@ impl Client {
         let (mut parts, body) = req.into_parts();
         if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
             return Err(Error::builder(format!(
-                "request URI {:?} names a server without a scheme",
+                "request URI {:?} has an authority but no scheme: give an absolute URL, or a \
+                 path starting with '/' for the base URL",
                 parts.uri.to_string()
             )));
         }

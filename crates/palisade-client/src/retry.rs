@@ -156,9 +156,12 @@ impl RetryShared {
     /// Nothing withdrawn within the budget's window: a fresh budget would be the same.
     pub(crate) fn is_rested(&self) -> bool {
         let last = self.last_withdrawal.load(Ordering::Relaxed);
+        // tower's `TpsBudget` turns its ten slots lazily, when next used: a withdrawal can
+        // stay counted for up to a tenth of the window past the window.
+        let window = self.settings.window;
         last == 0
-            || self.born + Duration::from_nanos(last - 1) + self.settings.window
-                <= tokio::time::Instant::now()
+            || self.born + Duration::from_nanos(last - 1) + window + window / 10
+                < tokio::time::Instant::now()
     }
 
     pub(crate) fn new(settings: Retries, gate: Arc<GateState>) -> Self {
@@ -425,7 +428,8 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for RetryPolicy {
             tracing::debug!(uri = %req.uri(), "retry budget spent; not retrying");
             return None;
         }
-        shared.last_withdrawal.store(
+        // The latest, whichever of two racing retries stores last.
+        shared.last_withdrawal.fetch_max(
             u64::try_from(shared.born.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1,
             Ordering::Relaxed,
         );

@@ -12,6 +12,7 @@ use http::{Request, StatusCode, Version};
 use palisade_breaker::State;
 use palisade_client::{Body, Client, Origin, Quota, Retries};
 use palisade_testkit::Upstream;
+use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -235,5 +236,71 @@ async fn a_uri_naming_another_server_is_not_sent_to_the_base_url() {
             && (res.as_ref().is_err_and(|e| e.is_builder()) || other_seen.len() == 1),
         "a request for {other_addr}: {res:?}; the base URL's server got {base_seen:?}, \
          {other_addr} got {other_seen:?}"
+    );
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// (From a review of 7bf2b65: `is_rested` said "rested" one window after the last withdrawal,
+/// but tower's `TpsBudget` turns its slots lazily and counts it up to a tenth longer.)
+/// An origin answering 429, 429, 200, 429, 429, ... with a retry budget of one retry per
+/// second and no ratio (a reserve of one retry), at most one retry per request:
+/// t=0: a request, 429, retried (the budget spent), 429;
+/// t=960 ms: a request, 200 (its deposit rotates the budget's slots: the withdrawal's slot
+///           comes round again and stays until the next rotation, 100 ms on);
+/// t=1020 ms: a request to another origin (a sweep when `max_origins` is 1), then one to the
+///           first, 429: retried only if the budget is full again.
+/// Returns how many requests the first origin received.
+async fn arrivals_after_a_window(max_origins: usize) -> u64 {
+    let (throttled, count) =
+        common::scripted(|n| if n == 3 { (200, vec![]) } else { (429, vec![]) }).await;
+    let (other, _) = common::scripted(|_| (200, vec![])).await;
+    let (base, _) = common::scripted(|_| (200, vec![])).await;
+    let client = Client::builder(&base)
+        .max_origins(max_origins)
+        .pool_idle_timeout(20 * MS)
+        .retries(
+            Retries::new(1)
+                .budget(0.0, 1, Duration::from_secs(1))
+                .backoff(MS, MS),
+        )
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let res = client.get(&format!("{throttled}a")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    res.bytes().await.unwrap();
+    assert!(t0.elapsed() <= 5 * MS, "{:?}", t0.elapsed());
+    assert_eq!(count.load(Ordering::SeqCst), 2, "retried once");
+
+    tokio::time::sleep_until(t0 + 960 * MS).await;
+    let res = client.get(&format!("{throttled}b")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.bytes().await.unwrap();
+
+    // Its connection has closed (idle 20 ms): the origin is otherwise quiet.
+    tokio::time::sleep_until(t0 + 1020 * MS).await;
+    client
+        .get(&format!("{other}x"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let res = client.get(&format!("{throttled}c")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    res.bytes().await.unwrap();
+    count.load(Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn forgetting_an_origin_one_window_after_its_last_retry_does_not_refill_its_budget() {
+    let remembered = arrivals_after_a_window(1000).await;
+    let forgetting = arrivals_after_a_window(1).await;
+    assert_eq!(
+        forgetting, remembered,
+        "the 429 origin received {forgetting} requests when forgotten at t=1020 ms, \
+         {remembered} when remembered: its budget still counted the retry made at t=0 \
+         (1 s window), but is_rested() said it was rested and the sweep refilled it"
     );
 }
