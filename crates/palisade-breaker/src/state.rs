@@ -188,6 +188,10 @@ pub(crate) struct Core {
     /// When a probe was sent while no other was out ([`QueuedProbe::sent`]), ns since origin:
     /// the half-open patience counts from the later of this and the half-open's start.
     sent_at: AtomicU64,
+    /// Probes of a half-open sent ([`QueuedProbe::sent`]) and decided (an outcome recorded):
+    /// generation (low 32 bits) | sent (16) | decided (16). A sent probe neither out nor
+    /// decided was dropped by its caller: after one, sends no longer restart the patience.
+    runs: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
@@ -253,6 +257,7 @@ impl Breaker {
                 half_open: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 sent_at: AtomicU64::new(0),
+                runs: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
                 openings: AtomicU32::new(0),
                 retry_until: AtomicU64::new(0),
@@ -338,8 +343,9 @@ impl Breaker {
     /// instead of from the half-open's start, which would take a probe that waited its turn
     /// for the patience's length for a hung one. A probe queued behind one that is out does
     /// not pause it (it may be waiting for the very connection the hung one holds), and later
-    /// probes sent while one is out do not restart it (they would hide the hung one); a
-    /// success that does not close the breaker does. The pause lasts at most
+    /// probes sent while one is out do not restart it (they would hide the hung one), nor do
+    /// sends after a sent probe was dropped undecided (callers that keep giving up would keep
+    /// a hung upstream half-open); a success that does not close the breaker does. The pause lasts at most
     /// [`ConfigBuilder::max_probe_queue_wait`] past the patience. Dropping the mark unqueues
     /// the probe; tie it to the call (its request, its future).
     ///
@@ -425,10 +431,14 @@ impl QueuedProbe {
     pub fn sent(mut self) {
         self.queued = false;
         let core = &self.core;
-        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN)
-            && core.sent_undecided(self.generation) == 0
-        {
-            core.sent_at.fetch_max(core.now(), Ordering::AcqRel);
+        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN) {
+            let out = core.sent_undecided(self.generation);
+            let (sent, decided) = core.count_run(self.generation, 1, 0);
+            // No other probe out, and none sent and then dropped undecided (probes whose
+            // callers keep giving up would otherwise restart it for ever).
+            if out == 0 && sent.saturating_sub(decided) == 0 {
+                core.sent_at.fetch_max(core.now(), Ordering::AcqRel);
+            }
         }
         core.unqueue_probe(self.generation);
     }
@@ -571,6 +581,28 @@ impl Core {
             0
         };
         taken.saturating_sub(self.queued_probes(generation))
+    }
+
+    /// Counts `sent` more probes sent and `decided` more decided in half-open `generation`;
+    /// returns the counts before (zero for a generation not counted yet).
+    fn count_run(&self, generation: u64, sent: u64, decided: u64) -> (u64, u64) {
+        let g = generation & 0xffff_ffff;
+        let before = self
+            .runs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                let (s, d) = if r & 0xffff_ffff == g {
+                    ((r >> 32) & 0xffff, r >> 48)
+                } else if (g as u32).wrapping_sub(r as u32) as i32 > 0 {
+                    (0, 0) // an older half-open's counts: this one starts at zero
+                } else {
+                    return None; // a newer half-open has begun
+                };
+                Some(g | ((s + sent).min(0xffff) << 32) | ((d + decided).min(0xffff) << 48))
+            });
+        match before {
+            Ok(r) if r & 0xffff_ffff == g => ((r >> 32) & 0xffff, r >> 48),
+            _ => (0, 0),
+        }
     }
 
     /// Probes of half-open `generation` waiting below the breaker.
@@ -718,7 +750,10 @@ impl Core {
             return; // a probe of an earlier half-open: its slot is gone with that generation
         }
         match outcome {
-            Outcome::Ignore => self.release_probe(generation),
+            Outcome::Ignore => {
+                self.count_run(generation, 0, 1);
+                self.release_probe(generation);
+            }
             Outcome::Success if !slow => {
                 let close_after = u64::from(self.config.close_after);
                 let after = self
@@ -728,11 +763,16 @@ impl Core {
                         (hg == generation & 0xffff_ffff)
                             .then(|| pack_half(hg, taken.saturating_sub(1), ok + 1))
                     });
+                self.count_run(generation, 0, 1);
                 if let Ok(before) = after {
                     // Exactly one probe's success is the closing one.
                     if unpack_half(before).2 + 1 == close_after {
                         self.close(s);
-                    } else {
+                    } else if self.sent_at.load(Ordering::Acquire)
+                        >= self.since.load(Ordering::Acquire)
+                    {
+                        // Only in a stack that marks its probes (one was sent in this
+                        // half-open): without marks, the patience counts from its start.
                         // A probe answered: the others out get a patience of their own from
                         // here, not what is left of the one that began with that probe's send.
                         self.sent_at.fetch_max(self.now(), Ordering::AcqRel);

@@ -526,3 +526,116 @@ async fn a_probe_sent_while_another_was_out_keeps_its_patience_once_that_one_suc
     c.await.unwrap().unwrap();
     assert_eq!(breaker.state(), State::Closed, "both probes succeeded");
 }
+
+/// (From a review of c807ede, whose restart on a success applied to unmarked stacks too.)
+/// A stack that marks no probes (the plain `CircuitBreakerLayer` over a service). The docs
+/// say the patience then counts from the half-open's start ("Without marks, nothing changes",
+/// README; `max_half_open_wait`: "counts from the half-open's start or, in a stack that marks
+/// its probes, from a probe's send"). c807ede's success-restart in `record_probe` applies to
+/// unmarked stacks too: probe A, sent at the half-open's start, hangs; B succeeds at 4.5 s;
+/// C takes B's slot. At 5.5 s, A has hung past the 5 s patience counted from the half-open's
+/// start, yet the breaker stays half-open (until 9.5 s).
+#[tokio::test(start_paused = true)]
+async fn without_marks_the_patience_counts_from_the_half_opens_start() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .close_after(2)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let hang = Gate {
+        calls: Arc::default(),
+        release: Arc::new(Notify::new()), // never notified
+    };
+    let a = tokio::spawn(layer.layer(hang.clone()).oneshot(true));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let generation = breaker.generation();
+    assert_eq!(hang.calls.load(Ordering::SeqCst), 1);
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let b_gate = Gate {
+        calls: Arc::default(),
+        release: Arc::new(Notify::new()),
+    };
+    let b = tokio::spawn(layer.layer(b_gate.clone()).oneshot(true));
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(500)).await;
+    b_gate.release.notify_one();
+    b.await.unwrap().unwrap(); // 1 of 2 successes
+    assert_eq!(
+        (breaker.state(), breaker.generation()),
+        (State::HalfOpen, generation)
+    );
+    let c = tokio::spawn(layer.layer(hang.clone()).oneshot(true)); // takes B's slot, hangs
+    tokio::task::yield_now().await;
+    assert_eq!(hang.calls.load(Ordering::SeqCst), 2);
+
+    tokio::time::advance(Duration::from_secs(1)).await; // 5.5 s into the half-open
+    let mut other = flaky(&layer);
+    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "no marks: probe A hung 5.5 s from the half-open's start under a 5 s patience, but \
+         B's success restarted the patience"
+    );
+    a.abort();
+    c.abort();
+}
+
+/// (From a review of c807ede; since 8d5b870.) One probe slot, an upstream where every call hangs, callers that give up after 4 s (their
+/// own deadline, shorter than the 5 s patience: the dropped probe is `Ignore`). Each new
+/// probe is sent while none is out, so `QueuedProbe::sent` restarts the patience: the
+/// half-open never reopens, however long the upstream hangs (here 2 minutes, 24 patiences),
+/// whereas without marks the first caller past 5 s reopened it. The restarts c807ede bounds
+/// for successes (close_after − 1) are unbounded for sends after dropped probes.
+#[tokio::test(start_paused = true)]
+async fn probes_dropped_by_their_callers_do_not_keep_a_hung_half_open_for_ever() {
+    let breaker = Breaker::new(
+        quick_open()
+            .consecutive_failures(1)
+            .max_half_open_wait(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    trip(&breaker).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let slots = Arc::new(Semaphore::new(1000)); // nothing waits below
+    let release = Arc::new(Notify::new()); // never notified: the upstream hangs
+    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
+    let mut other = flaky(&layer);
+    let mut generation = None;
+    let mut sent_total = 0;
+    for _ in 0..30 {
+        let below = Below::new(&breaker, &slots, &release);
+        let sent = below.sent.clone();
+        let probe = tokio::spawn(layer.layer(below).oneshot(true));
+        tokio::task::yield_now().await;
+        if breaker.state() != State::HalfOpen {
+            break;
+        }
+        generation.get_or_insert(breaker.generation());
+        sent_total += sent.load(Ordering::SeqCst);
+        // Another caller each second while the probe is out.
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let _ = send(&mut other, true).await;
+        }
+        probe.abort(); // the caller's own deadline: dropped, Ignore
+        let _ = probe.await;
+    }
+    assert!(sent_total >= 2);
+    assert!(
+        !(breaker.state() == State::HalfOpen && Some(breaker.generation()) == generation),
+        "every probe hung until its caller gave up, {sent_total} of them over {} s under a 5 s \
+         patience: still in the same half-open",
+        sent_total * 4
+    );
+}

@@ -222,7 +222,7 @@ impl ClientBuilder {
     /// that is quiet: nothing in flight, no connection open, its breaker closed with no
     /// failure counting towards a trip, no hold ahead, its full burst available, the
     /// configured quota (not one set through its `Host`), no retry drawn from its budget within
-    /// the budget's window, and no [`Host`](crate::Host) handle to it held. Forgetting one loses nothing that would count
+    /// the budget's window (and a tenth more), and no [`Host`](crate::Host) handle to it held. Forgetting one loses nothing that would count
     /// against a request (its successes in the breaker's window, at most). Origins that are not quiet are kept even
     /// beyond `max`: the bound is on remembered idle state, never a refusal.
     pub fn max_origins(mut self, max: usize) -> Self {

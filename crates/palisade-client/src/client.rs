@@ -171,9 +171,11 @@ impl Host {
 impl Host {
     /// Nothing would be lost by forgetting this origin: a fresh one would be the same.
     fn is_quiet(&self, quota: Quota) -> bool {
-        self.limiter.quota() == quota
+        // Nothing in flight first: a retry that withdrew and finished between two later reads
+        // is then seen by `is_rested`.
+        Arc::strong_count(&self.gate) <= self.idle_refs
+            && self.limiter.quota() == quota
             && self.retry.as_ref().map_or(true, |r| r.is_rested())
-            && Arc::strong_count(&self.gate) <= self.idle_refs
             && self.breaker.state() == palisade_breaker::State::Closed
             // Failures still counting towards a trip are state a fresh breaker lacks (a run of
             // failures only under a consecutive-failure rule: without one it never resets, and
