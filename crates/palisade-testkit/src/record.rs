@@ -32,7 +32,9 @@ pub struct Record {
 /// What the upstream did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Answered with this status (`200`, `429`, or an outage's `5xx`).
+    /// Answered with this status (`200`, `429`, or an outage's `5xx`): what the upstream
+    /// decided, written before the answer is sent (see the README's limits on a client that
+    /// half-closes).
     Answered(StatusCode),
     /// The connection was reset (closed with `RST`, no answer).
     Reset,
