@@ -192,6 +192,10 @@ pub(crate) struct Core {
     /// generation (low 32 bits) | sent (16) | decided (16). A sent probe neither out nor
     /// decided was dropped by its caller: after one, sends no longer restart the patience.
     runs: AtomicU64,
+    /// Patience paused (a probe queued, none out) since the patience's start, ns; and when the
+    /// pause now running began (ns since origin + 1; 0: none running).
+    paused: AtomicU64,
+    pause_from: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
@@ -258,6 +262,8 @@ impl Breaker {
                 queued: AtomicU64::new(0),
                 sent_at: AtomicU64::new(0),
                 runs: AtomicU64::new(0),
+                paused: AtomicU64::new(0),
+                pause_from: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
                 openings: AtomicU32::new(0),
                 retry_until: AtomicU64::new(0),
@@ -344,8 +350,9 @@ impl Breaker {
     /// for the patience's length for a hung one. A probe queued behind one that is out does
     /// not pause it (it may be waiting for the very connection the hung one holds), and later
     /// probes sent while one is out do not restart it (they would hide the hung one), nor do
-    /// sends after a sent probe was dropped undecided (callers that keep giving up would keep
-    /// a hung upstream half-open); a success that does not close the breaker does. The pause lasts at most
+    /// sends after a sent probe was dropped undecided or answered with an ignored outcome
+    /// (callers that keep giving up would keep a hung upstream half-open); a success that does
+    /// not close the breaker does. Time paused is not spent patience. The pause lasts at most
     /// [`ConfigBuilder::max_probe_queue_wait`] past the patience. Dropping the mark unqueues
     /// the probe; tie it to the call (its request, its future).
     ///
@@ -437,10 +444,11 @@ impl QueuedProbe {
             // No other probe out, and none sent and then dropped undecided (probes whose
             // callers keep giving up would otherwise restart it for ever).
             if out == 0 && sent.saturating_sub(decided) == 0 {
-                core.sent_at.fetch_max(core.now(), Ordering::AcqRel);
+                core.restart_patience();
             }
         }
         core.unqueue_probe(self.generation);
+        core.repause(self.generation);
     }
 
     /// The half-open generation the probe was queued in.
@@ -453,6 +461,7 @@ impl Drop for QueuedProbe {
     fn drop(&mut self) {
         if self.queued {
             self.core.unqueue_probe(self.generation);
+            self.core.repause(self.generation);
         }
     }
 }
@@ -506,12 +515,14 @@ impl Core {
                     // generation. Set them up before the state says half-open, and only if no
                     // racing caller did already (it may have handed out a slot since).
                     let next = generation + 1;
-                    let _ = self.half_open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                        let (hg, _, _) = unpack_half(h);
-                        // Only over an older generation's slots (32-bit wrapping order): a
-                        // caller far behind must not wipe a newer half-open's.
-                        let older = (next as u32).wrapping_sub(hg as u32) as i32 > 0;
-                        older.then(|| pack_half(next, 0, 0))
+                    let _ = self.half_open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |_| {
+                        // Only while the state word is still this opening: then no
+                        // half-open of `next` can have handed out a slot, and whatever the
+                        // slots hold is stale — even a tag equal to `next`'s low 32 bits
+                        // (2^32 generations ago), or one that looks newer in wrapping order
+                        // (2^31 transitions without a half-open). A caller far behind finds
+                        // the state word moved and leaves a newer half-open's slots alone.
+                        (self.state.0.load(Ordering::Acquire) == s).then(|| pack_half(next, 0, 0))
                     });
                     if let Some(t) = self.transition(s, HALF_OPEN, now, None) {
                         self.announce(&t);
@@ -519,6 +530,7 @@ impl Core {
                 }
                 _ /* HALF_OPEN */ => {
                     if self.take_probe(generation) {
+                        self.repause(generation); // one more out (until it is marked)
                         return Ticket::Probe(generation);
                     }
                     if self.stamp.load(Ordering::Acquire) != generation {
@@ -533,15 +545,20 @@ impl Core {
                         .max(self.sent_at.load(Ordering::Acquire));
                     let waited = now.saturating_sub(since);
                     let wait = nanos(self.config.max_half_open_wait);
-                    if waited < wait {
-                        return self.reject(None);
-                    }
                     // A probe still waiting below the breaker to be sent (a rate-limit turn, a
-                    // connection), with none out: not hung — up to a bound, since what it
-                    // waits behind may hang too.
-                    if self.sent_undecided(generation) == 0
-                        && self.queued_probes(generation) != 0
-                        && waited < wait.saturating_add(nanos(self.config.max_probe_queue_wait))
+                    // connection), with none out: not hung, and the time it waits is not spent
+                    // patience — up to a bound, since what it waits behind may hang too.
+                    let paused_now = self.sent_undecided(generation) == 0
+                        && self.queued_probes(generation) != 0;
+                    let running = match self.pause_from.load(Ordering::Acquire) {
+                        0 => 0,
+                        from => now.saturating_sub(from - 1),
+                    };
+                    let spent = waited
+                        .saturating_sub(self.paused.load(Ordering::Acquire))
+                        .saturating_sub(running);
+                    if waited < wait.saturating_add(nanos(self.config.max_probe_queue_wait))
+                        && (paused_now || spent < wait)
                     {
                         return self.reject(None);
                     }
@@ -597,11 +614,41 @@ impl Core {
                 } else {
                     return None; // a newer half-open has begun
                 };
-                Some(g | ((s + sent).min(0xffff) << 32) | ((d + decided).min(0xffff) << 48))
+                // Never more decided than sent: a success of a probe sent without
+                // a mark (a caller that marks nothing) must not cancel out a dropped one.
+                let s2 = (s + sent).min(0xffff);
+                Some(g | (s2 << 32) | ((d + decided).min(s2) << 48))
             });
         match before {
             Ok(r) if r & 0xffff_ffff == g => ((r >> 32) & 0xffff, r >> 48),
             _ => (0, 0),
+        }
+    }
+
+    /// The patience counts from now (a send with none out, a success that does not close).
+    fn restart_patience(&self) {
+        self.sent_at.fetch_max(self.now(), Ordering::AcqRel);
+        self.paused.store(0, Ordering::Release);
+        if self.pause_from.load(Ordering::Acquire) != 0 {
+            self.pause_from.store(self.now() + 1, Ordering::Release);
+        }
+    }
+
+    /// After a probe of `generation` was queued, unqueued, sent, decided or dropped: starts or
+    /// ends the pause (a probe queued and none out).
+    fn repause(&self, generation: u64) {
+        if self.state.0.load(Ordering::Acquire) != pack(generation, HALF_OPEN) {
+            return;
+        }
+        let paused = self.sent_undecided(generation) == 0 && self.queued_probes(generation) != 0;
+        let from = self.pause_from.load(Ordering::Acquire);
+        let now = self.now();
+        if paused && from == 0 {
+            self.pause_from.store(now + 1, Ordering::Release);
+        } else if !paused && from != 0 {
+            self.paused
+                .fetch_add(now.saturating_sub(from - 1), Ordering::AcqRel);
+            self.pause_from.store(0, Ordering::Release);
         }
     }
 
@@ -642,6 +689,7 @@ impl Core {
             self.unqueue_probe(generation);
             return false;
         }
+        self.repause(generation);
         true
     }
 
@@ -661,6 +709,7 @@ impl Core {
                 let (hg, taken, ok) = unpack_half(h);
                 (hg == generation & 0xffff_ffff && taken > 0).then(|| pack_half(hg, taken - 1, ok))
             });
+        self.repause(generation);
     }
 
     #[inline]
@@ -751,7 +800,10 @@ impl Core {
         }
         match outcome {
             Outcome::Ignore => {
-                self.count_run(generation, 0, 1);
+                // (Not counted as decided. The breaker cannot tell an ignored
+                // answer from a probe refused below before it was sent — palisade-client's
+                // RateLimited, PoolFull, ShuttingDown — and each of those cancelled out one
+                // sent probe dropped undecided. A sent probe ends decided only by a success.)
                 self.release_probe(generation);
             }
             Outcome::Success if !slow => {
@@ -768,15 +820,18 @@ impl Core {
                     // Exactly one probe's success is the closing one.
                     if unpack_half(before).2 + 1 == close_after {
                         self.close(s);
-                    } else if self.sent_at.load(Ordering::Acquire)
-                        >= self.since.load(Ordering::Acquire)
+                    } else if self.queued.load(Ordering::Acquire) & 0xffff_ffff
+                        == generation & 0xffff_ffff
                     {
+                        // (A probe was marked in this half-open — the queue count
+                        // carries its tag — rather than "a send restarted the patience".)
                         // Only in a stack that marks its probes (one was sent in this
                         // half-open): without marks, the patience counts from its start.
                         // A probe answered: the others out get a patience of their own from
                         // here, not what is left of the one that began with that probe's send.
-                        self.sent_at.fetch_max(self.now(), Ordering::AcqRel);
+                        self.restart_patience();
                     }
+                    self.repause(generation);
                 }
             }
             Outcome::Success | Outcome::Failure { .. } => {
@@ -895,6 +950,11 @@ impl Core {
         // published theirs: its older stamp must not overwrite theirs, or the state word's
         // generation never matches the stamp again and an open breaker refuses forever.
         if self.stamp.load(Ordering::Acquire) < to >> 3 {
+            if code == HALF_OPEN {
+                // A fresh pause bookkeeping for the new half-open.
+                self.paused.store(0, Ordering::Release);
+                self.pause_from.store(0, Ordering::Release);
+            }
             self.since.store(now, Ordering::Release);
             if let Some(until) = open_until {
                 self.open_until.store(until, Ordering::Release);
@@ -1136,6 +1196,10 @@ mod packed_ticket_tests {
         );
     }
 }
+
+#[cfg(all(test, not(palisade_loom)))]
+#[path = "generation_wrap_tests.rs"]
+mod generation_wrap_tests;
 
 #[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another

@@ -194,40 +194,6 @@ async fn a_sent_probe_that_hangs_reopens_after_the_patience_counted_from_its_sen
     probe.abort();
 }
 
-/// A mark dropped unsent unqueues its probe: the patience runs again from the half-open's start.
-#[tokio::test(start_paused = true)]
-async fn a_dropped_mark_resumes_the_patience() {
-    let breaker = breaker();
-    trip(&breaker).await;
-    tokio::time::advance(Duration::from_secs(1)).await;
-    // A probe sent and hung, straight below the breaker.
-    let gate = Gate {
-        calls: Arc::default(),
-        release: Arc::new(Notify::new()),
-    };
-    let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
-    let _hung = tokio::spawn(layer.layer(gate.clone()).oneshot(true));
-    tokio::task::yield_now().await;
-    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
-    let mark = breaker.probe_queued().expect("half-open");
-    let mut other = flaky(&layer);
-    tokio::time::advance(Duration::from_secs(10)).await;
-    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
-    assert_eq!(
-        breaker.state(),
-        State::HalfOpen,
-        "paused while a probe is queued"
-    );
-    drop(mark);
-    assert!(is_open(&send(&mut other, true).await.unwrap_err()));
-    assert_eq!(
-        breaker.state(),
-        State::Open,
-        "the mark was dropped: 10 s into a 5 s patience with a hung probe"
-    );
-}
-
-/// A readied service dropped before its call gives its mark back with its probe slot.
 #[tokio::test(start_paused = true)]
 async fn a_readied_service_dropped_unqueues_its_probe() {
     let breaker = breaker();
