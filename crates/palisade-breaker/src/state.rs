@@ -522,7 +522,11 @@ impl Core {
                         // (2^32 generations ago), or one that looks newer in wrapping order
                         // (2^31 transitions without a half-open). A caller far behind finds
                         // the state word moved and leaves a newer half-open's slots alone.
-                        (self.state.0.load(Ordering::Acquire) == s).then(|| pack_half(next, 0, 0))
+                        let still = self.state.0.load(Ordering::Acquire) == s;
+                        // Test hook (review 5): preempted between the check and the CAS.
+                        #[cfg(all(test, not(palisade_loom)))]
+                        review_hook::fire("setup");
+                        still.then(|| pack_half(next, 0, 0))
                     });
                     if let Some(t) = self.transition(s, HALF_OPEN, now, None) {
                         self.announce(&t);
@@ -643,6 +647,9 @@ impl Core {
         let paused = self.sent_undecided(generation) == 0 && self.queued_probes(generation) != 0;
         let from = self.pause_from.load(Ordering::Acquire);
         let now = self.now();
+        // Test hook (review 5): this thread preempted between its reads and its writes.
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::fire("repause");
         if paused && from == 0 {
             self.pause_from.store(now + 1, Ordering::Release);
         } else if !paused && from != 0 {
@@ -650,6 +657,16 @@ impl Core {
                 .fetch_add(now.saturating_sub(from - 1), Ordering::AcqRel);
             self.pause_from.store(0, Ordering::Release);
         }
+    }
+
+    /// (Review 5 tests.) Whether a pause is running; the time paused so far, ns.
+    #[cfg(test)]
+    fn pause_running(&self) -> bool {
+        self.pause_from.load(Ordering::SeqCst) != 0
+    }
+    #[cfg(all(test, not(palisade_loom)))]
+    fn paused_ns(&self) -> u64 {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Probes of half-open `generation` waiting below the breaker.
@@ -950,6 +967,9 @@ impl Core {
         // published theirs: its older stamp must not overwrite theirs, or the state word's
         // generation never matches the stamp again and an open breaker refuses forever.
         if self.stamp.load(Ordering::Acquire) < to >> 3 {
+            // Test hook (review 5): preempted after the stamp check, before the stores.
+            #[cfg(all(test, not(palisade_loom)))]
+            review_hook::fire("publish");
             if code == HALF_OPEN {
                 // A fresh pause bookkeeping for the new half-open.
                 self.paused.store(0, Ordering::Release);
@@ -1202,6 +1222,14 @@ mod packed_ticket_tests {
 mod generation_wrap_tests;
 
 #[cfg(all(test, not(palisade_loom)))]
+#[path = "review5_tests.rs"]
+mod review5_tests;
+
+#[cfg(all(test, palisade_loom))]
+#[path = "review5_loom.rs"]
+mod review5_loom;
+
+#[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another
 /// thread's" steps right after a transition's CAS, as if this one were preempted there.
 mod review_hook {
@@ -1211,6 +1239,26 @@ mod review_hook {
 
     thread_local! {
         pub(super) static AFTER_CAS: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    /// A named one-shot hook.
+    pub(super) type Hook = (&'static str, Box<dyn FnMut()>);
+
+    thread_local! {
+        /// Named one-shot hooks (review 5): `fire(point)` runs and removes the hook set for it.
+        pub(super) static AT: RefCell<Vec<Hook>> = RefCell::new(Vec::new());
+    }
+
+    pub(super) fn fire(point: &'static str) {
+        let hook = AT.with(|h| {
+            let mut v = h.borrow_mut();
+            v.iter()
+                .position(|(p, _)| *p == point)
+                .map(|i| v.remove(i).1)
+        });
+        if let Some(mut f) = hook {
+            f();
+        }
     }
 
     /// The thread that moves open → half-open is preempted between its CAS and its stamp;
