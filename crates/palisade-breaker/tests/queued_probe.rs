@@ -32,11 +32,19 @@ async fn trip(breaker: &Breaker) {
     }
 }
 
-/// Opens on one failure, for 1 s; a half-open patience of 5 s.
+/// Opens on one failure, for 1 s; a half-open patience of 5 s; one probe, closing on its
+/// success.
 fn breaker() -> Breaker {
+    breaker_with(1, 1)
+}
+
+/// As [`breaker`], with `probes` probe slots, closing after `close_after` successes.
+fn breaker_with(probes: u16, close_after: u16) -> Breaker {
     Breaker::new(
         quick_open()
             .consecutive_failures(1)
+            .half_open_probes(probes)
+            .close_after(close_after)
             .max_half_open_wait(Duration::from_secs(5))
             .build()
             .unwrap(),
@@ -258,14 +266,7 @@ async fn a_mark_from_an_earlier_half_open_changes_nothing() {
 /// wedged this half-open for good. Found by a review of 64e670d.)
 #[tokio::test(start_paused = true)]
 async fn a_probe_queued_behind_a_hung_probe_does_not_pause_the_patience() {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .half_open_probes(2)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker_with(2, 1);
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let slots = Arc::new(Semaphore::new(1));
@@ -313,14 +314,7 @@ async fn a_probe_queued_behind_a_hung_probe_does_not_pause_the_patience() {
 /// of 64e670d.)
 #[tokio::test(start_paused = true)]
 async fn later_probes_sent_and_dropped_do_not_hide_a_hung_one() {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .half_open_probes(2)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker_with(2, 1);
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let slots = Arc::new(Semaphore::new(2)); // two connections: nothing waits
@@ -374,13 +368,7 @@ async fn later_probes_sent_and_dropped_do_not_hide_a_hung_one() {
 #[tokio::test(start_paused = true)]
 async fn a_probe_queued_behind_a_hung_probe_of_an_earlier_half_open_does_not_pause_the_patience_for_ever(
 ) {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker();
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let slots = Arc::new(Semaphore::new(1)); // one connection
@@ -431,15 +419,7 @@ async fn a_probe_queued_behind_a_hung_probe_of_an_earlier_half_open_does_not_pau
 /// regression of 8d5b870, found by its review: a success that does not close restarts it.)
 #[tokio::test(start_paused = true)]
 async fn a_probe_sent_while_another_was_out_keeps_its_patience_once_that_one_succeeds() {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .half_open_probes(2)
-            .close_after(2)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker_with(2, 2);
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let slots = Arc::new(Semaphore::new(3)); // a connection each: nothing waits
@@ -503,15 +483,7 @@ async fn a_probe_sent_while_another_was_out_keeps_its_patience_once_that_one_suc
 /// start, yet the breaker stays half-open (until 9.5 s).
 #[tokio::test(start_paused = true)]
 async fn without_marks_the_patience_counts_from_the_half_opens_start() {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .half_open_probes(2)
-            .close_after(2)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker_with(2, 2);
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let layer = CircuitBreakerLayer::from_breaker(breaker.clone());
@@ -564,13 +536,7 @@ async fn without_marks_the_patience_counts_from_the_half_opens_start() {
 /// for successes (close_after − 1) are unbounded for sends after dropped probes.
 #[tokio::test(start_paused = true)]
 async fn probes_dropped_by_their_callers_do_not_keep_a_hung_half_open_for_ever() {
-    let breaker = Breaker::new(
-        quick_open()
-            .consecutive_failures(1)
-            .max_half_open_wait(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    );
+    let breaker = breaker();
     trip(&breaker).await;
     tokio::time::advance(Duration::from_secs(1)).await;
     let slots = Arc::new(Semaphore::new(1000)); // nothing waits below

@@ -13,8 +13,9 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use palisade_client::{BreakerState, Client};
+use palisade_client::{BreakerState, Client, Error};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
 /// A body whose one chunk comes after a delay: the exchange holds its connection until then.
@@ -65,16 +66,28 @@ async fn upstream(body: Duration) -> String {
     format!("http://{addr}/")
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_probe_queued_for_the_only_connection_is_not_taken_for_a_hung_one() {
-    let url = upstream(Duration::from_secs(4)).await;
-    let breaker = palisade_breaker::Config::builder()
+/// Opens on one failure, for 1 s; a half-open patience of 2 s; `probes` probe slots.
+fn breaker(probes: u16) -> palisade_breaker::Config {
+    palisade_breaker::Config::builder()
         .consecutive_failures(1)
+        .half_open_probes(probes)
         .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
         .jitter(0)
         .max_half_open_wait(Duration::from_secs(2))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// `GET path` on a task of its own; its status.
+fn spawn_get(client: &Client, path: &'static str) -> JoinHandle<Result<StatusCode, Error>> {
+    let client = client.clone();
+    tokio::spawn(async move { client.get(path).await.map(|r| r.status()) })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_queued_for_the_only_connection_is_not_taken_for_a_hung_one() {
+    let url = upstream(Duration::from_secs(4)).await;
+    let breaker = breaker(1);
     let client = Client::builder(&url)
         .max_connections_per_host(1)
         .breaker(breaker)
@@ -91,10 +104,7 @@ async fn a_probe_queued_for_the_only_connection_is_not_taken_for_a_hung_one() {
 
     // t = 1.5: the probe passes the half-open breaker and waits for the connection.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let probe = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/probe").await.map(|r| r.status()) }
-    });
+    let probe = spawn_get(&client, "/probe");
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
     let generation = host.breaker().generation();
@@ -122,13 +132,7 @@ async fn a_probe_queued_for_the_only_connection_is_not_taken_for_a_hung_one() {
 #[tokio::test(start_paused = true)]
 async fn a_probe_waiting_for_its_rate_limit_turn_is_not_taken_for_a_hung_one() {
     let url = upstream(Duration::ZERO).await;
-    let breaker = palisade_breaker::Config::builder()
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let breaker = breaker(1);
     let client = Client::builder(&url)
         .rate("6/min")
         .burst(1)
@@ -140,10 +144,7 @@ async fn a_probe_waiting_for_its_rate_limit_turn_is_not_taken_for_a_hung_one() {
     assert_eq!(host.breaker().state(), BreakerState::Open);
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let probe = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/probe").await.map(|r| r.status()) }
-    });
+    let probe = spawn_get(&client, "/probe");
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
     let generation = host.breaker().generation();
@@ -167,14 +168,7 @@ async fn a_probe_waiting_for_its_rate_limit_turn_is_not_taken_for_a_hung_one() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_probe_reopens_after_the_patience_with_a_second_probe_queued_behind_it() {
     let url = upstream(Duration::ZERO).await;
-    let breaker = palisade_breaker::Config::builder()
-        .consecutive_failures(1)
-        .half_open_probes(2)
-        .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let breaker = breaker(2);
     // A long timeout (large downloads, say): the patience is what catches a hung probe.
     let client = Client::builder(&url)
         .max_connections_per_host(1)
@@ -187,16 +181,10 @@ async fn a_hung_probe_reopens_after_the_patience_with_a_second_probe_queued_behi
     assert_eq!(host.breaker().state(), BreakerState::Open);
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let hung = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/hang").await.map(|r| r.status()) }
-    });
+    let hung = spawn_get(&client, "/hang");
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(host.breaker().state(), BreakerState::HalfOpen);
-    let queued = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/probe").await.map(|r| r.status()) }
-    });
+    let queued = spawn_get(&client, "/probe");
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(
         !queued.is_finished(),
