@@ -3,8 +3,8 @@
 //! new half-open only if its tag was *older* in 32-bit wrapping order, so 2^31 transitions
 //! without a half-open (resets, forced states) made the last half-open's tag look *newer* than
 //! the next one: its slots were never set up and no caller ever got a probe; after exactly 2^32
-//! a new half-open inherited the old one's counts. It is now set up while the state word is
-//! still the opening being left.
+//! a new half-open inherited the old one's counts. It is now set up, under the patience lock,
+//! while the state word is still the opening being left.
 //!
 //! The generation is set directly, as 2^31 `reset()` calls would leave it (about 8 minutes of
 //! them in a release build).

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::config::{Config, WindowKind};
-use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::loom::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::window::{CountWindow, Counts, Mark, TimeWindow, Window};
 
 const CLOSED: u64 = 0;
@@ -144,6 +144,31 @@ impl PackedTicket {
 #[repr(align(128))]
 struct Padded<T>(T);
 
+/// The bookkeeping of one half-open's patience, under `Core::patience`. Its steps come from
+/// several threads at once (a probe marked while another is sent, answered or dropped), and
+/// each reads and writes several of these fields: one lock makes every step whole, where
+/// separate atomics let a step decide on a stale read (the races review 5 found).
+#[derive(Debug, Default)]
+struct Patience {
+    /// The half-open these belong to (its whole generation, no wrapping tag).
+    generation: u64,
+    /// When the patience began counting (ns since origin): the half-open's start, a send with
+    /// none out, a success that did not close the breaker.
+    start: u64,
+    /// Time since `start` in pauses that have ended, ns.
+    paused: u64,
+    /// When the pause now running began (ns since origin), if one is.
+    pause_from: Option<u64>,
+    /// Probes marked and waiting below the breaker, not yet sent.
+    queued: u64,
+    /// Probes sent, and of those decided (answered with a success): a sent probe neither out
+    /// nor decided was dropped by its caller or answered with an ignored outcome.
+    sent: u64,
+    decided: u64,
+    /// A probe was marked in this half-open (a stack that marks its probes).
+    marked: bool,
+}
+
 /// A circuit breaker: the shared state, and the handle to inspect and control it.
 ///
 /// Cloning is cheap and every clone is the same breaker. A [`CircuitBreakerLayer`] made from it
@@ -181,21 +206,13 @@ pub(crate) struct Core {
     stamp: AtomicU64,
     /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
     half_open: AtomicU64,
-    /// Probes of a half-open still waiting below the breaker ([`QueuedProbe`]): generation
-    /// (low 32 bits) | count (high 32). While any wait and none is out (sent, undecided), the
-    /// half-open patience is paused.
-    queued: AtomicU64,
-    /// When a probe was sent while no other was out ([`QueuedProbe::sent`]), ns since origin:
-    /// the half-open patience counts from the later of this and the half-open's start.
-    sent_at: AtomicU64,
-    /// Probes of a half-open sent ([`QueuedProbe::sent`]) and decided (an outcome recorded):
-    /// generation (low 32 bits) | sent (16) | decided (16). A sent probe neither out nor
-    /// decided was dropped by its caller: after one, sends no longer restart the patience.
-    runs: AtomicU64,
-    /// Patience paused (a probe queued, none out) since the patience's start, ns; and when the
-    /// pause now running began (ns since origin + 1; 0: none running).
-    paused: AtomicU64,
-    pause_from: AtomicU64,
+    /// The half-open patience, for stacks that mark their probes ([`QueuedProbe`]). Taken only
+    /// by a probe's own steps (admitted, marked, sent, answered, dropped) and by the setup of a
+    /// new half-open, never by a refused caller: those read [`patience_until`](Self::patience_until).
+    patience: Mutex<Patience>,
+    /// When the current half-open's patience is spent (ns since origin), published under the
+    /// `patience` lock: a refused caller at or past it reopens the breaker.
+    patience_until: AtomicU64,
     consecutive: AtomicU32,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
@@ -259,11 +276,8 @@ impl Breaker {
                 open_until: AtomicU64::new(0),
                 stamp: AtomicU64::new(0),
                 half_open: AtomicU64::new(0),
-                queued: AtomicU64::new(0),
-                sent_at: AtomicU64::new(0),
-                runs: AtomicU64::new(0),
-                paused: AtomicU64::new(0),
-                pause_from: AtomicU64::new(0),
+                patience: Mutex::new(Patience::default()),
+                patience_until: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
                 openings: AtomicU32::new(0),
                 retry_until: AtomicU64::new(0),
@@ -437,18 +451,7 @@ impl QueuedProbe {
     /// that half-open.
     pub fn sent(mut self) {
         self.queued = false;
-        let core = &self.core;
-        if core.state.0.load(Ordering::Acquire) == pack(self.generation, HALF_OPEN) {
-            let out = core.sent_undecided(self.generation);
-            let (sent, decided) = core.count_run(self.generation, 1, 0);
-            // No other probe out, and none sent and then dropped undecided (probes whose
-            // callers keep giving up would otherwise restart it for ever).
-            if out == 0 && sent.saturating_sub(decided) == 0 {
-                core.restart_patience();
-            }
-        }
-        core.unqueue_probe(self.generation);
-        core.repause(self.generation);
+        self.core.probe_sent(self.generation);
     }
 
     /// The half-open generation the probe was queued in.
@@ -461,7 +464,6 @@ impl Drop for QueuedProbe {
     fn drop(&mut self) {
         if self.queued {
             self.core.unqueue_probe(self.generation);
-            self.core.repause(self.generation);
         }
     }
 }
@@ -511,59 +513,22 @@ impl Core {
                     if now < until {
                         return self.reject(Some(Duration::from_nanos(until - now)));
                     }
-                    // The open duration is over: half-open, with fresh slots for the new
-                    // generation. Set them up before the state says half-open, and only if no
-                    // racing caller did already (it may have handed out a slot since).
-                    let next = generation + 1;
-                    let _ = self.half_open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |_| {
-                        // Only while the state word is still this opening: then no
-                        // half-open of `next` can have handed out a slot, and whatever the
-                        // slots hold is stale — even a tag equal to `next`'s low 32 bits
-                        // (2^32 generations ago), or one that looks newer in wrapping order
-                        // (2^31 transitions without a half-open). A caller far behind finds
-                        // the state word moved and leaves a newer half-open's slots alone.
-                        let still = self.state.0.load(Ordering::Acquire) == s;
-                        // Test hook (review 5): preempted between the check and the CAS.
-                        #[cfg(all(test, not(palisade_loom)))]
-                        review_hook::fire("setup");
-                        still.then(|| pack_half(next, 0, 0))
-                    });
-                    if let Some(t) = self.transition(s, HALF_OPEN, now, None) {
-                        self.announce(&t);
-                    }
+                    // The open duration is over: half-open, with fresh slots and patience.
+                    self.enter_half_open(s, now);
                 }
                 _ /* HALF_OPEN */ => {
                     if self.take_probe(generation) {
-                        self.repause(generation); // one more out (until it is marked)
+                        self.probe_step(generation, |_, _| {}); // one more out (until marked)
                         return Ticket::Probe(generation);
                     }
                     if self.stamp.load(Ordering::Acquire) != generation {
                         return self.reject(None); // half-open is being entered right now
                     }
                     let now = self.now();
-                    // From the half-open's start, or from the send that began the present run
-                    // of probes out (or the last success of a run), if later.
-                    let since = self
-                        .since
-                        .load(Ordering::Acquire)
-                        .max(self.sent_at.load(Ordering::Acquire));
-                    let waited = now.saturating_sub(since);
-                    let wait = nanos(self.config.max_half_open_wait);
-                    // A probe still waiting below the breaker to be sent (a rate-limit turn, a
-                    // connection), with none out: not hung, and the time it waits is not spent
-                    // patience — up to a bound, since what it waits behind may hang too.
-                    let paused_now = self.sent_undecided(generation) == 0
-                        && self.queued_probes(generation) != 0;
-                    let running = match self.pause_from.load(Ordering::Acquire) {
-                        0 => 0,
-                        from => now.saturating_sub(from - 1),
-                    };
-                    let spent = waited
-                        .saturating_sub(self.paused.load(Ordering::Acquire))
-                        .saturating_sub(running);
-                    if waited < wait.saturating_add(nanos(self.config.max_probe_queue_wait))
-                        && (paused_now || spent < wait)
-                    {
+                    // The patience (from the half-open's start, or from the send that began
+                    // the present run of probes out, or the last success of a run; time
+                    // paused excluded; at most `max_probe_queue_wait` paused past it).
+                    if now < self.patience_until.load(Ordering::Acquire) {
                         return self.reject(None);
                     }
                     // The probes have had their time and not decided: one has hung. Reopen;
@@ -573,6 +538,39 @@ impl Core {
                 }
             }
             s = self.state.0.load(Ordering::Acquire);
+        }
+    }
+
+    /// Leaves the opening `s` (its duration over) for the next generation's half-open, unless
+    /// another caller already did: the slots and the patience are set up, and the state word
+    /// moved, under the patience lock — so a racing leaver finds the state word moved and
+    /// leaves the new half-open's slots alone, whatever values they hold (a stale word 2^32
+    /// generations old has the same tag). Only the callers that meet the end of an opening
+    /// take that lock, once each.
+    #[cold]
+    fn enter_half_open(&self, s: u64, now: u64) {
+        // Test hook (review 5): preempted after reading the opening, before the setup.
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::fire("setup");
+        let next = (s >> 3) + 1;
+        let moved = {
+            let mut p = self.lock_patience();
+            if self.state.0.load(Ordering::Acquire) != s {
+                return; // another caller left it (or a handle moved it)
+            }
+            self.half_open
+                .store(pack_half(next, 0, 0), Ordering::Release);
+            *p = Patience {
+                generation: next,
+                start: now,
+                ..Patience::default()
+            };
+            self.publish_patience(&p);
+            self.move_state(s, HALF_OPEN)
+        };
+        if let Some(to) = moved {
+            let t = self.publish(s, to, now, None);
+            self.announce(&t);
         }
     }
 
@@ -593,87 +591,96 @@ impl Core {
             .is_ok()
     }
 
-    /// Probes of half-open `generation` sent and not yet decided (slots taken, not queued).
-    fn sent_undecided(&self, generation: u64) -> u64 {
-        let (hg, taken, _) = unpack_half(self.half_open.load(Ordering::Acquire));
-        let taken = if hg == generation & 0xffff_ffff {
-            taken
-        } else {
-            0
-        };
-        taken.saturating_sub(self.queued_probes(generation))
-    }
-
-    /// Counts `sent` more probes sent and `decided` more decided in half-open `generation`;
-    /// returns the counts before (zero for a generation not counted yet).
-    fn count_run(&self, generation: u64, sent: u64, decided: u64) -> (u64, u64) {
-        let g = generation & 0xffff_ffff;
-        let before = self
-            .runs
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                let (s, d) = if r & 0xffff_ffff == g {
-                    ((r >> 32) & 0xffff, r >> 48)
-                } else if (g as u32).wrapping_sub(r as u32) as i32 > 0 {
-                    (0, 0) // an older half-open's counts: this one starts at zero
-                } else {
-                    return None; // a newer half-open has begun
-                };
-                // Never more decided than sent: a success of a probe sent without
-                // a mark (a caller that marks nothing) must not cancel out a dropped one.
-                let s2 = (s + sent).min(0xffff);
-                Some(g | (s2 << 32) | ((d + decided).min(s2) << 48))
-            });
-        match before {
-            Ok(r) if r & 0xffff_ffff == g => ((r >> 32) & 0xffff, r >> 48),
-            _ => (0, 0),
-        }
-    }
-
-    /// The patience counts from now (a send with none out, a success that does not close).
-    fn restart_patience(&self) {
-        self.sent_at.fetch_max(self.now(), Ordering::AcqRel);
-        self.paused.store(0, Ordering::Release);
-        if self.pause_from.load(Ordering::Acquire) != 0 {
-            self.pause_from.store(self.now() + 1, Ordering::Release);
-        }
-    }
-
-    /// After a probe of `generation` was queued, unqueued, sent, decided or dropped: starts or
-    /// ends the pause (a probe queued and none out).
-    fn repause(&self, generation: u64) {
-        if self.state.0.load(Ordering::Acquire) != pack(generation, HALF_OPEN) {
-            return;
-        }
-        let paused = self.sent_undecided(generation) == 0 && self.queued_probes(generation) != 0;
-        let from = self.pause_from.load(Ordering::Acquire);
-        let now = self.now();
-        // Test hook (review 5): this thread preempted between its reads and its writes.
+    /// The patience lock. A panic cannot leave the bookkeeping half-written (its steps do not
+    /// panic), so a poisoned lock is taken as it is.
+    fn lock_patience(&self) -> MutexGuard<'_, Patience> {
+        // Test hook (review 5): preempted just before the lock.
         #[cfg(all(test, not(palisade_loom)))]
-        review_hook::fire("repause");
-        if paused && from == 0 {
-            self.pause_from.store(now + 1, Ordering::Release);
-        } else if !paused && from != 0 {
-            self.paused
-                .fetch_add(now.saturating_sub(from - 1), Ordering::AcqRel);
-            self.pause_from.store(0, Ordering::Release);
+        review_hook::fire("patience");
+        self.patience
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one step of a probe of half-open `generation` on the patience, then settles the
+    /// pause and publishes when the patience is spent — if the breaker is still in that
+    /// half-open (a late step of an earlier one changes nothing). Returns whether it ran.
+    fn probe_step(&self, generation: u64, step: impl FnOnce(&Self, &mut Patience)) -> bool {
+        let mut p = self.lock_patience();
+        if p.generation != generation
+            || self.state.0.load(Ordering::Acquire) != pack(generation, HALF_OPEN)
+        {
+            return false;
+        }
+        step(self, &mut p);
+        let now = self.now();
+        // Paused while a probe is queued and none is out (a slot taken and not queued: sent,
+        // or admitted and not yet marked).
+        let out = self.slots_taken(generation).saturating_sub(p.queued);
+        let pausing = out == 0 && p.queued != 0;
+        match (pausing, p.pause_from) {
+            (true, None) => p.pause_from = Some(now),
+            (false, Some(from)) => {
+                p.paused = p.paused.saturating_add(now.saturating_sub(from));
+                p.pause_from = None;
+            }
+            _ => {}
+        }
+        self.publish_patience(&p);
+        true
+    }
+
+    /// Publishes when `p`'s patience is spent: `max_half_open_wait` of time not paused after
+    /// its start, and never later than `max_probe_queue_wait` past that (what a queued probe
+    /// waits behind may hang too).
+    fn publish_patience(&self, p: &Patience) {
+        let wait = nanos(self.config.max_half_open_wait);
+        let ceiling = p
+            .start
+            .saturating_add(wait)
+            .saturating_add(nanos(self.config.max_probe_queue_wait));
+        let until = match p.pause_from {
+            Some(_) => ceiling,
+            None => p
+                .start
+                .saturating_add(p.paused)
+                .saturating_add(wait)
+                .min(ceiling),
+        };
+        self.patience_until.store(until, Ordering::Release);
+    }
+
+    /// The patience counts from now: a send with none out, a success that does not close.
+    fn restart_patience(&self, p: &mut Patience) {
+        let now = self.now();
+        p.start = p.start.max(now);
+        p.paused = 0;
+        if p.pause_from.is_some() {
+            p.pause_from = Some(now);
         }
     }
 
-    /// (Review 5 tests.) Whether a pause is running; the time paused so far, ns.
+    /// (Review 5 tests.) Whether a pause is running; the time paused in ended pauses, ns;
+    /// whether the rules say the patience is paused (a probe queued, none out).
     #[cfg(test)]
     fn pause_running(&self) -> bool {
-        self.pause_from.load(Ordering::SeqCst) != 0
+        self.patience.lock().unwrap().pause_from.is_some()
     }
     #[cfg(all(test, not(palisade_loom)))]
     fn paused_ns(&self) -> u64 {
-        self.paused.load(Ordering::SeqCst)
+        self.patience.lock().unwrap().paused
+    }
+    #[cfg(all(test, palisade_loom))]
+    fn paused_by_the_rules(&self) -> bool {
+        let p = self.patience.lock().unwrap();
+        p.queued != 0 && self.slots_taken(p.generation) <= p.queued
     }
 
-    /// Probes of half-open `generation` waiting below the breaker.
-    fn queued_probes(&self, generation: u64) -> u64 {
-        let q = self.queued.load(Ordering::Acquire);
-        if q & 0xffff_ffff == generation & 0xffff_ffff {
-            q >> 32
+    /// Slots of half-open `generation` taken (probes admitted and not yet decided).
+    fn slots_taken(&self, generation: u64) -> u64 {
+        let (hg, taken, _) = unpack_half(self.half_open.load(Ordering::Acquire));
+        if hg == generation & 0xffff_ffff {
+            taken
         } else {
             0
         }
@@ -682,51 +689,43 @@ impl Core {
     /// One more probe of half-open `generation` waits below the breaker; false if the breaker
     /// is no longer in that half-open.
     fn queue_probe(&self, generation: u64) -> bool {
-        let g = generation & 0xffff_ffff;
-        let queued = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                let qg = q & 0xffff_ffff;
-                if qg == g {
-                    Some(g | ((q >> 32) + 1) << 32)
-                } else if (g as u32).wrapping_sub(qg as u32) as i32 > 0 {
-                    // An older generation's count is void: this one's starts at one.
-                    Some(g | 1 << 32)
-                } else {
-                    None // a newer half-open has begun: this one is over
-                }
-            })
-            .is_ok();
-        if !queued {
-            return false;
-        }
-        // The state word may have moved on while counting: then the count is void anyway, but
-        // take it back and give no mark.
-        if self.state.0.load(Ordering::Acquire) != pack(generation, HALF_OPEN) {
-            self.unqueue_probe(generation);
-            return false;
-        }
-        self.repause(generation);
-        true
+        self.probe_step(generation, |_, p| {
+            p.queued += 1;
+            p.marked = true;
+        })
     }
 
+    /// A queued probe of half-open `generation` was given up before its send.
     fn unqueue_probe(&self, generation: u64) {
-        let g = generation & 0xffff_ffff;
-        let _ = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q & 0xffff_ffff == g && q >> 32 > 0).then(|| g | ((q >> 32) - 1) << 32)
-            });
+        self.probe_step(generation, |_, p| p.queued = p.queued.saturating_sub(1));
+    }
+
+    /// A queued probe of half-open `generation` is being sent.
+    fn probe_sent(&self, generation: u64) {
+        self.probe_step(generation, |core, p| {
+            // Others out (this one is still counted queued), and sent probes dropped
+            // undecided (callers that keep giving up would otherwise restart it for ever).
+            let out = core.slots_taken(generation).saturating_sub(p.queued);
+            if out == 0 && p.sent == p.decided {
+                core.restart_patience(p);
+            }
+            p.sent += 1;
+            p.queued = p.queued.saturating_sub(1);
+        });
     }
 
     fn release_probe(&self, generation: u64) {
-        let _ = self
-            .half_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                let (hg, taken, ok) = unpack_half(h);
-                (hg == generation & 0xffff_ffff && taken > 0).then(|| pack_half(hg, taken - 1, ok))
-            });
-        self.repause(generation);
+        // Under the lock, and only in that half-open: a new half-open's setup, also under the
+        // lock, is never undone by a late release of an earlier one.
+        self.probe_step(generation, |core, _| {
+            let _ = core
+                .half_open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    let (hg, taken, ok) = unpack_half(h);
+                    (hg == generation & 0xffff_ffff && taken > 0)
+                        .then(|| pack_half(hg, taken - 1, ok))
+                });
+        });
     }
 
     #[inline]
@@ -825,30 +824,33 @@ impl Core {
             }
             Outcome::Success if !slow => {
                 let close_after = u64::from(self.config.close_after);
-                let after = self
-                    .half_open
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                        let (hg, taken, ok) = unpack_half(h);
-                        (hg == generation & 0xffff_ffff)
-                            .then(|| pack_half(hg, taken.saturating_sub(1), ok + 1))
-                    });
-                self.count_run(generation, 0, 1);
-                if let Ok(before) = after {
-                    // Exactly one probe's success is the closing one.
-                    if unpack_half(before).2 + 1 == close_after {
-                        self.close(s);
-                    } else if self.queued.load(Ordering::Acquire) & 0xffff_ffff
-                        == generation & 0xffff_ffff
-                    {
-                        // (A probe was marked in this half-open — the queue count
-                        // carries its tag — rather than "a send restarted the patience".)
-                        // Only in a stack that marks its probes (one was sent in this
-                        // half-open): without marks, the patience counts from its start.
-                        // A probe answered: the others out get a patience of their own from
-                        // here, not what is left of the one that began with that probe's send.
-                        self.restart_patience();
+                let mut closing = false;
+                self.probe_step(generation, |core, p| {
+                    let before =
+                        core.half_open
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                                let (hg, taken, ok) = unpack_half(h);
+                                (hg == generation & 0xffff_ffff)
+                                    .then(|| pack_half(hg, taken.saturating_sub(1), ok + 1))
+                            });
+                    // Never more decided than sent: a success of a probe sent without a mark
+                    // (a caller that marks nothing) must not cancel out a dropped one.
+                    p.decided = (p.decided + 1).min(p.sent);
+                    if let Ok(before) = before {
+                        // Exactly one probe's success is the closing one.
+                        if unpack_half(before).2 + 1 == close_after {
+                            closing = true;
+                        } else if p.marked {
+                            // Only in a stack that marks its probes: without marks, the
+                            // patience counts from its start. A probe answered: the others
+                            // out get a patience of their own from here, not what is left of
+                            // the one that began with that probe's send.
+                            core.restart_patience(p);
+                        }
                     }
-                    self.repause(generation);
+                });
+                if closing {
+                    self.close(s);
                 }
             }
             Outcome::Success | Outcome::Failure { .. } => {
@@ -946,15 +948,22 @@ impl Core {
         now: u64,
         open_until: Option<u64>,
     ) -> Option<Transition> {
+        let to = self.move_state(from, code)?;
+        Some(self.publish(from, to, now, open_until))
+    }
+
+    /// The CAS of a transition: the new state word, or `None` if another thread moved first.
+    fn move_state(&self, from: u64, code: u64) -> Option<u64> {
         let to = pack((from >> 3) + 1, code);
-        if self
-            .state
+        self.state
             .0
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return None;
-        }
+            .ok()
+            .map(|_| to)
+    }
+
+    /// What the winner of a transition from `from` to `to` writes after its CAS.
+    fn publish(&self, from: u64, to: u64, now: u64, open_until: Option<u64>) -> Transition {
         #[cfg(all(test, not(palisade_loom)))]
         {
             // Test hook: stands for this thread being preempted right after its CAS.
@@ -970,11 +979,6 @@ impl Core {
             // Test hook (review 5): preempted after the stamp check, before the stores.
             #[cfg(all(test, not(palisade_loom)))]
             review_hook::fire("publish");
-            if code == HALF_OPEN {
-                // A fresh pause bookkeeping for the new half-open.
-                self.paused.store(0, Ordering::Release);
-                self.pause_from.store(0, Ordering::Release);
-            }
             self.since.store(now, Ordering::Release);
             if let Some(until) = open_until {
                 self.open_until.store(until, Ordering::Release);
@@ -983,11 +987,11 @@ impl Core {
         }
         let t = Transition {
             from: State::from_code(from & 7),
-            to: State::from_code(code),
+            to: State::from_code(to & 7),
             generation: to >> 3,
         };
         tracing::info!(from = %t.from, to = %t.to, generation = t.generation, "circuit breaker transition");
-        Some(t)
+        t
     }
 
     /// Tells the listener, once the transition's bookkeeping is done. A listener that panics
@@ -1109,6 +1113,78 @@ mod stress {
                 other => panic!("not open: {other:?}"),
             }
         }
+    }
+
+    /// Threads run marked probes at once (admitted, marked, then sent or given up, then
+    /// answered or dropped) through many half-opens. Once every thread is done and no mark is
+    /// alive, the patience bookkeeping holds what the rules say: nothing queued, no pause
+    /// running, never more decided than sent, and the published deadline is the patience's.
+    #[test]
+    fn marked_probes_leave_the_patience_consistent_at_rest() {
+        let config = Config::builder()
+            .consecutive_failures(2)
+            .half_open_probes(3)
+            .close_after(3)
+            .open_duration(Duration::from_micros(20), 1, Duration::from_micros(20))
+            .jitter(0)
+            .build()
+            .unwrap();
+        let breaker = Breaker::new(config);
+        let marks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let breaker = breaker.clone();
+                let marks = marks.clone();
+                std::thread::spawn(move || {
+                    let mut seed = t * 0x9e37_79b9 + 7;
+                    for _ in 0..5_000 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let ticket = breaker.admit();
+                        if let Ticket::Probe(_) = ticket {
+                            if let Some(mark) = breaker.probe_queued() {
+                                marks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                std::thread::yield_now();
+                                if seed % 3 != 0 {
+                                    mark.sent();
+                                }
+                            }
+                        }
+                        std::thread::yield_now();
+                        match seed % 9 {
+                            0 => breaker.release(ticket),
+                            1 | 2 => breaker.record(ticket, Outcome::FAILURE, None),
+                            3 => breaker.record(ticket, Outcome::Ignore, None),
+                            _ => breaker.record(ticket, Outcome::Success, None),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(breaker.generation() > 10, "the breaker hardly moved");
+        assert!(
+            marks.load(std::sync::atomic::Ordering::Relaxed) > 10,
+            "no probe was marked"
+        );
+        let core = &breaker.core;
+        let p = core.patience.lock().unwrap();
+        assert_eq!(p.queued, 0, "every mark was sent or dropped: {p:?}");
+        assert_eq!(
+            p.pause_from, None,
+            "nothing queued, yet a pause runs: {p:?}"
+        );
+        assert!(p.decided <= p.sent, "{p:?}");
+        let wait = nanos(core.config.max_half_open_wait);
+        let ceiling = p.start + wait + nanos(core.config.max_probe_queue_wait);
+        assert_eq!(
+            core.patience_until.load(Ordering::SeqCst),
+            (p.start + p.paused + wait).min(ceiling),
+            "{p:?}"
+        );
     }
 
     #[test]
