@@ -52,7 +52,7 @@ fn racing_leavers_over_stale_slots_set_them_up_once() {
 /// A caller that read the opening runs late, while another leaves it, fails its probe and
 /// leaves the next opening too. At the end the slots describe the half-open the state word is
 /// in: its tag, one slot per probe of it still out — never a late setup over taken slots.
-/// (Unbounded: about 60 s in a release build here; over 19 min on 4f95f55.)
+/// (Unbounded: seconds in a release build here; over 19 min on 4f95f55.)
 #[test]
 fn a_late_leaver_does_not_reset_a_newer_half_opens_slots() {
     loom::model(|| {

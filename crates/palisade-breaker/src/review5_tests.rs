@@ -1,9 +1,9 @@
 //! Review 5 of 4f95f55: the half-open pause bookkeeping under concurrency, simulated
 //! deterministically. A hook runs "another thread's" steps at a chosen point of this thread, as
 //! if it were preempted there: `AFTER_CAS` (right after a transition's CAS), `AT("patience")`
-//! (just before a step takes the patience lock), `AT("setup")` (a caller leaving an opening,
-//! before the setup) and `AT("publish")` (a transition's winner, before its stores). Paused
-//! tokio time: no wall clock.
+//! (just before the first step that takes the patience lock: a probe's step, or a setup),
+//! `AT("setup")` (a caller leaving an opening, before the setup) and `AT("publish")` (a
+//! transition's winner, before its stores). Paused tokio time: no wall clock.
 //!
 //! Config throughout: open 1 s, patience (max_half_open_wait) 5 s, max_probe_queue_wait 7 s,
 //! so the ceiling is 12 s.

@@ -206,9 +206,10 @@ pub(crate) struct Core {
     stamp: AtomicU64,
     /// Half-open bookkeeping: generation (low 32 bits) | slots taken (16) | successes (16).
     half_open: AtomicU64,
-    /// The half-open patience, for stacks that mark their probes ([`QueuedProbe`]). Taken only
-    /// by a probe's own steps (admitted, marked, sent, answered, dropped) and by the setup of a
-    /// new half-open, never by a refused caller: those read [`patience_until`](Self::patience_until).
+    /// The half-open patience ([`QueuedProbe`] marks pause it). Taken by a probe's own steps
+    /// (admitted, marked, sent, answered, dropped), by each caller that meets the end of an
+    /// opening (the setup), and by a transition's publication; never by a call refused in
+    /// half-open, which reads [`patience_until`](Self::patience_until), nor on the closed path.
     patience: Mutex<Patience>,
     /// When the current half-open's patience is spent (ns since origin), published under the
     /// `patience` lock: a refused caller at or past it reopens the breaker.
@@ -358,7 +359,8 @@ impl Breaker {
     /// as a probe that is queued, not hung, and returns the mark; `None` in any other state.
     ///
     /// The half-open patience ([`ConfigBuilder::max_half_open_wait`]) is paused while a probe
-    /// of the current half-open is queued and none is out (sent, not yet decided), and counts
+    /// of the current half-open is queued and none is out (admitted and not queued: sent, or
+    /// not yet marked; and not yet decided), and counts
     /// from the moment a probe is sent ([`QueuedProbe::sent`]) while none other is out —
     /// instead of from the half-open's start, which would take a probe that waited its turn
     /// for the patience's length for a hung one. A probe queued behind one that is out does
@@ -972,18 +974,27 @@ impl Core {
                 f();
             }
         }
+        // Test hook (review 5): preempted before the stores.
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::fire("publish");
         // A winner delayed here (preempted) may find that later transitions have already
-        // published theirs: its older stamp must not overwrite theirs, or the state word's
-        // generation never matches the stamp again and an open breaker refuses forever.
-        if self.stamp.load(Ordering::Acquire) < to >> 3 {
-            // Test hook (review 5): preempted after the stamp check, before the stores.
-            #[cfg(all(test, not(palisade_loom)))]
-            review_hook::fire("publish");
-            self.since.store(now, Ordering::Release);
-            if let Some(until) = open_until {
-                self.open_until.store(until, Ordering::Release);
+        // published theirs: its older values must not overwrite theirs (an opening's length,
+        // when it began), nor its older stamp, or the state word's generation never matches
+        // the stamp again and an open breaker refuses forever. The check and the stores are
+        // one step: under the patience lock (transitions are rare; admission never waits on
+        // it, it reads the stamp).
+        {
+            let _one_step = self
+                .patience
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.stamp.load(Ordering::Acquire) < to >> 3 {
+                self.since.store(now, Ordering::Release);
+                if let Some(until) = open_until {
+                    self.open_until.store(until, Ordering::Release);
+                }
+                self.stamp.store(to >> 3, Ordering::Release);
             }
-            self.stamp.fetch_max(to >> 3, Ordering::AcqRel);
         }
         let t = Transition {
             from: State::from_code(from & 7),
@@ -1117,8 +1128,11 @@ mod stress {
 
     /// Threads run marked probes at once (admitted, marked, then sent or given up, then
     /// answered or dropped) through many half-opens. Once every thread is done and no mark is
-    /// alive, the patience bookkeeping holds what the rules say: nothing queued, no pause
-    /// running, never more decided than sent, and the published deadline is the patience's.
+    /// alive, if the breaker is in the half-open the patience names, its bookkeeping holds what
+    /// the rules say: nothing queued, no pause running, never more decided than sent, and the
+    /// published deadline is the patience's. (A mark's step after its half-open ended changes
+    /// nothing, so a half-open left with a mark queued keeps that count until the next setup:
+    /// rounds are run until three of them end in a half-open.)
     #[test]
     fn marked_probes_leave_the_patience_consistent_at_rest() {
         let config = Config::builder()
@@ -1131,59 +1145,70 @@ mod stress {
             .unwrap();
         let breaker = Breaker::new(config);
         let marks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let threads: Vec<_> = (0..8u64)
-            .map(|t| {
-                let breaker = breaker.clone();
-                let marks = marks.clone();
-                std::thread::spawn(move || {
-                    let mut seed = t * 0x9e37_79b9 + 7;
-                    for _ in 0..5_000 {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        let ticket = breaker.admit();
-                        if let Ticket::Probe(_) = ticket {
-                            if let Some(mark) = breaker.probe_queued() {
-                                marks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                std::thread::yield_now();
-                                if seed % 3 != 0 {
-                                    mark.sent();
+        let mut checked = 0;
+        for round in 0..200u64 {
+            let threads: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let breaker = breaker.clone();
+                    let marks = marks.clone();
+                    std::thread::spawn(move || {
+                        let mut seed = (round * 8 + t) * 0x9e37_79b9 + 7;
+                        for _ in 0..1_000 {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            let ticket = breaker.admit();
+                            if let Ticket::Probe(_) = ticket {
+                                if let Some(mark) = breaker.probe_queued() {
+                                    marks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    std::thread::yield_now();
+                                    if seed % 3 != 0 {
+                                        mark.sent();
+                                    }
                                 }
                             }
+                            std::thread::yield_now();
+                            match seed % 9 {
+                                0 => breaker.release(ticket),
+                                1 | 2 => breaker.record(ticket, Outcome::FAILURE, None),
+                                3 => breaker.record(ticket, Outcome::Ignore, None),
+                                _ => breaker.record(ticket, Outcome::Success, None),
+                            }
                         }
-                        std::thread::yield_now();
-                        match seed % 9 {
-                            0 => breaker.release(ticket),
-                            1 | 2 => breaker.record(ticket, Outcome::FAILURE, None),
-                            3 => breaker.record(ticket, Outcome::Ignore, None),
-                            _ => breaker.record(ticket, Outcome::Success, None),
-                        }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let core = &breaker.core;
+            let p = core.patience.lock().unwrap();
+            if core.state.0.load(Ordering::SeqCst) != pack(p.generation, HALF_OPEN) {
+                continue;
+            }
+            assert_eq!(p.queued, 0, "every mark was sent or dropped: {p:?}");
+            assert_eq!(
+                p.pause_from, None,
+                "nothing queued, yet a pause runs: {p:?}"
+            );
+            assert!(p.decided <= p.sent, "{p:?}");
+            let wait = nanos(core.config.max_half_open_wait);
+            let ceiling = p.start + wait + nanos(core.config.max_probe_queue_wait);
+            assert_eq!(
+                core.patience_until.load(Ordering::SeqCst),
+                (p.start + p.paused + wait).min(ceiling),
+                "{p:?}"
+            );
+            checked += 1;
+            if checked == 3 {
+                break;
+            }
         }
+        assert_eq!(checked, 3, "the rounds hardly ever ended in a half-open");
         assert!(breaker.generation() > 10, "the breaker hardly moved");
         assert!(
             marks.load(std::sync::atomic::Ordering::Relaxed) > 10,
             "no probe was marked"
-        );
-        let core = &breaker.core;
-        let p = core.patience.lock().unwrap();
-        assert_eq!(p.queued, 0, "every mark was sent or dropped: {p:?}");
-        assert_eq!(
-            p.pause_from, None,
-            "nothing queued, yet a pause runs: {p:?}"
-        );
-        assert!(p.decided <= p.sent, "{p:?}");
-        let wait = nanos(core.config.max_half_open_wait);
-        let ceiling = p.start + wait + nanos(core.config.max_probe_queue_wait);
-        assert_eq!(
-            core.patience_until.load(Ordering::SeqCst),
-            (p.start + p.paused + wait).min(ceiling),
-            "{p:?}"
         );
     }
 
@@ -1304,6 +1329,14 @@ mod review5_tests;
 #[cfg(all(test, palisade_loom))]
 #[path = "review5_loom.rs"]
 mod review5_loom;
+
+#[cfg(all(test, not(palisade_loom)))]
+#[path = "review6_tests.rs"]
+mod review6_tests;
+
+#[cfg(all(test, palisade_loom))]
+#[path = "review6_loom.rs"]
+mod review6_loom;
 
 #[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another
