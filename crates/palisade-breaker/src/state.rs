@@ -599,6 +599,8 @@ impl Core {
         // Test hook (review 5): preempted just before the lock.
         #[cfg(all(test, not(palisade_loom)))]
         review_hook::fire("patience");
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::count_lock();
         self.patience
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -984,6 +986,8 @@ impl Core {
         // one step: under the patience lock (transitions are rare; admission never waits on
         // it, it reads the stamp).
         {
+            #[cfg(all(test, not(palisade_loom)))]
+            review_hook::count_lock();
             let _one_step = self
                 .patience
                 .lock()
@@ -1356,6 +1360,84 @@ mod review_hook {
     thread_local! {
         /// Named one-shot hooks (review 5): `fire(point)` runs and removes the hook set for it.
         pub(super) static AT: RefCell<Vec<Hook>> = RefCell::new(Vec::new());
+    }
+
+    thread_local! {
+        /// How many times this thread took the patience lock.
+        pub(super) static LOCKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    pub(super) fn count_lock() {
+        LOCKS.with(|n| n.set(n.get() + 1));
+    }
+
+    fn locks() -> u64 {
+        LOCKS.with(|n| n.get())
+    }
+
+    /// The patience lock is off the request path: a call admitted and recorded while closed,
+    /// refused while open, or refused in half-open (slots held, with or without a pause
+    /// running) takes it not once; only a probe's own steps, a setup and a transition do.
+    #[tokio::test(start_paused = true)]
+    async fn no_call_but_a_probes_takes_the_patience_lock() {
+        let b = Breaker::new(
+            Config::builder()
+                .consecutive_failures(3)
+                .half_open_probes(1)
+                .close_after(1)
+                .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
+                .jitter(0)
+                .max_half_open_wait(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        );
+        let at = locks();
+        for i in 0..1_000 {
+            let t = b.admit();
+            assert!(matches!(t, Ticket::Closed(_)), "{t:?}");
+            assert!(b.probe_queued().is_none());
+            // Failures that do not trip (one in three, never two in a row), and successes.
+            let outcome = if i % 3 == 0 {
+                Outcome::FAILURE
+            } else {
+                Outcome::Success
+            };
+            b.record(t, outcome, None);
+        }
+        assert_eq!(locks() - at, 0, "closed: admitted and recorded");
+        for _ in 0..3 {
+            let t = b.admit();
+            b.record(t, Outcome::FAILURE, None);
+        }
+        assert_eq!(b.state(), State::Open);
+        let at = locks();
+        for _ in 0..1_000 {
+            assert!(matches!(b.admit(), Ticket::Rejected(Some(_))));
+        }
+        assert_eq!(locks() - at, 0, "open: refused");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.admit(); // leaves the opening: setup, publication, the probe's step
+        assert!(matches!(probe, Ticket::Probe(_)), "{probe:?}");
+        let mark = b.probe_queued().expect("half-open"); // queued, none out: paused
+        assert!(b.core.pause_running());
+        let at = locks();
+        for _ in 0..1_000 {
+            assert!(matches!(b.admit(), Ticket::Rejected(None)));
+        }
+        assert_eq!(locks() - at, 0, "half-open, paused: refused");
+        mark.sent();
+        let at = locks();
+        for _ in 0..1_000 {
+            assert!(matches!(b.admit(), Ticket::Rejected(None)));
+        }
+        assert_eq!(locks() - at, 0, "half-open, a probe out: refused");
+        let at = locks();
+        b.record(probe, Outcome::Success, None);
+        assert_eq!(b.state(), State::Closed);
+        assert!(
+            locks() - at >= 1,
+            "a probe's answer is a step under the lock"
+        );
     }
 
     pub(super) fn fire(point: &'static str) {
