@@ -152,7 +152,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// Open after `n` failures in a row, whatever the window says.
+    /// Open after `n` failures in a row, whatever the window says (1 to 16,777,215).
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.config.consecutive_failures = Some(n);
         self
@@ -175,6 +175,12 @@ impl ConfigBuilder {
     /// ([`Breaker::probe_queued`](crate::Breaker::probe_queued)), from a probe's send, paused
     /// while a probe is queued below the breaker and none is out (for at most
     /// [`max_probe_queue_wait`](Self::max_probe_queue_wait) more).
+    ///
+    /// In a stack that marks no probes the whole half-open must fit in `wait`: with
+    /// [`close_after`](Self::close_after) above [`half_open_probes`](Self::half_open_probes),
+    /// probes run in rounds, and a `wait` shorter than those rounds' answers reopens a healthy
+    /// but slow upstream every time (a marking stack restarts the wait on each success that
+    /// does not close).
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.config.max_half_open_wait = wait;
         self
@@ -266,6 +272,14 @@ impl ConfigBuilder {
         }
         if c.consecutive_failures == Some(0) {
             return Err(ConfigError::new("consecutive failures must be at least 1"));
+        }
+        if c.consecutive_failures
+            .is_some_and(|n| u64::from(n) > crate::state::RUN_MAX)
+        {
+            return Err(ConfigError::new(format!(
+                "consecutive failures must be at most {} (the count the breaker keeps)",
+                crate::state::RUN_MAX
+            )));
         }
         if c.failure_rate.is_none() && c.slow.is_none() && c.consecutive_failures.is_none() {
             return Err(ConfigError::new(

@@ -23,6 +23,13 @@ const HALF_OPEN: u64 = 2;
 const FORCED_OPEN: u64 = 3;
 const DISABLED: u64 = 4;
 
+/// The consecutive-failure count's width: it saturates at `RUN_MAX`, and the builder refuses a
+/// consecutive-failure rule above it.
+const RUN_BITS: u32 = 24;
+pub(crate) const RUN_MAX: u64 = (1 << RUN_BITS) - 1;
+/// The generation bits kept beside the count (2^40 transitions: never reached).
+const GEN_MASK: u64 = (1 << (64 - RUN_BITS)) - 1;
+
 /// Where a breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -214,7 +221,11 @@ pub(crate) struct Core {
     /// When the current half-open's patience is spent (ns since origin), published under the
     /// `patience` lock: a refused caller at or past it reopens the breaker.
     patience_until: AtomicU64,
-    consecutive: AtomicU32,
+    /// Failures in a row, tagged with the closed generation they belong to:
+    /// generation (high 40 bits) | count (low 24, saturating). A failure of an earlier
+    /// generation, late (its caller preempted across a reset or a close), counts in its own
+    /// generation's run, never in the new one's.
+    consecutive: AtomicU64,
     /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
     openings: AtomicU32,
     /// The latest instant (ns since origin) until which a failure's `Retry-After` asked callers
@@ -279,7 +290,7 @@ impl Breaker {
                 half_open: AtomicU64::new(0),
                 patience: Mutex::new(Patience::default()),
                 patience_until: AtomicU64::new(0),
-                consecutive: AtomicU32::new(0),
+                consecutive: AtomicU64::new(0),
                 openings: AtomicU32::new(0),
                 retry_until: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
@@ -319,7 +330,13 @@ impl Breaker {
 
     /// Failures in a row since the last success (what the consecutive-failure rule counts).
     pub fn consecutive_failures(&self) -> u32 {
-        self.core.consecutive.load(Ordering::Relaxed)
+        let generation = self.core.state.0.load(Ordering::Acquire) >> 3;
+        let run = self.core.consecutive.load(Ordering::Acquire);
+        if run >> RUN_BITS == generation & GEN_MASK {
+            (run & RUN_MAX) as u32
+        } else {
+            0
+        }
     }
 
     /// How long the breaker has been in its current state.
@@ -751,11 +768,21 @@ impl Core {
         if s != pack(generation, CLOSED) {
             return; // admitted under an earlier state: changes nothing now
         }
+        // Test hook (review 7): preempted after the generation check, before the writes.
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::fire("record");
         let failed = match outcome {
             Outcome::Ignore => return,
             Outcome::Success => {
-                if self.consecutive.load(Ordering::Relaxed) != 0 {
-                    self.consecutive.store(0, Ordering::Relaxed);
+                // The run ends: only this generation's (another's count is not this one's).
+                let run = self.consecutive.load(Ordering::Relaxed);
+                if run & RUN_MAX != 0 && run >> RUN_BITS == generation & GEN_MASK {
+                    let _ = self.consecutive.compare_exchange(
+                        run,
+                        (generation & GEN_MASK) << RUN_BITS,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
                 }
                 false
             }
@@ -788,15 +815,46 @@ impl Core {
             }
             return;
         }
+        let hinted = matches!(
+            outcome,
+            Outcome::Failure {
+                retry_after: Some(_)
+            }
+        );
         let consecutive = if failed {
-            self.consecutive
-                .fetch_add(1, Ordering::AcqRel)
-                .saturating_add(1)
+            self.count_failure(generation)
         } else {
             0
         };
         if self.should_trip(consecutive, window.counts(now)) {
             self.open(s, now);
+        }
+        if hinted {
+            self.floor_opening();
+        }
+    }
+
+    /// One more failure in a row in closed generation `generation`; the run's length (0 when a
+    /// later generation's run has begun: this failure is stale).
+    fn count_failure(&self, generation: u64) -> u32 {
+        let g = generation & GEN_MASK;
+        let mut run = self.consecutive.load(Ordering::Acquire);
+        loop {
+            let (rg, n) = (run >> RUN_BITS, run & RUN_MAX);
+            let next = match rg.cmp(&g) {
+                std::cmp::Ordering::Equal => (g << RUN_BITS) | (n + 1).min(RUN_MAX),
+                std::cmp::Ordering::Less => (g << RUN_BITS) | 1, // an earlier generation's run
+                std::cmp::Ordering::Greater => return 0,
+            };
+            match self.consecutive.compare_exchange_weak(
+                run,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return (next & RUN_MAX) as u32,
+                Err(now) => run = now,
+            }
         }
     }
 
@@ -863,8 +921,11 @@ impl Core {
                 } = outcome
                 {
                     self.note_retry_after(ra);
+                    self.open(s, self.now());
+                    self.floor_opening();
+                } else {
+                    self.open(s, self.now());
                 }
-                self.open(s, self.now());
             }
         }
     }
@@ -882,7 +943,13 @@ impl Core {
     /// a row, jittered, no shorter than the upstream's `Retry-After`, never longer than the cap.
     fn open(&self, from: u64, now: u64) {
         let cfg = &self.config;
-        let k = self.openings.load(Ordering::Acquire);
+        // Openings in a row: from closed this is the first (whatever a racing close or reset
+        // left in the count); from half-open, one more than the opening before it.
+        let k = if from & 7 == CLOSED {
+            0
+        } else {
+            self.openings.load(Ordering::Acquire)
+        };
         let base = cfg.open_base.as_nanos() as u64;
         let cap = cfg.open_cap.as_nanos() as u64;
         let mut d = base;
@@ -902,24 +969,64 @@ impl Core {
                 d = d - span + r % (2 * span + 1);
             }
         }
-        let floor = self.retry_until.load(Ordering::Acquire).saturating_sub(now);
-        d = d.max(floor).min(cap);
+        // (No shorter than the upstream's `Retry-After`: `publish` reads that floor, under the
+        // lock a racing failure's hint is also published under — see `floor_opening`.)
+        d = d.min(cap);
+        // Test hook (review 7): preempted after computing the duration, before the CAS.
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::fire("open");
         // Only the winner of the transition writes the duration (see `stamp`).
         if let Some(t) = self.transition(from, OPEN, now, Some(now.saturating_add(d))) {
-            self.openings.fetch_add(1, Ordering::AcqRel);
-            tracing::warn!(open_for = ?Duration::from_nanos(d), openings = k + 1, "circuit breaker opened");
+            self.openings.store(k.saturating_add(1), Ordering::Release);
+            let open_for = self.open_until.load(Ordering::Acquire).saturating_sub(now);
+            tracing::warn!(open_for = ?Duration::from_nanos(open_for), openings = k + 1, "circuit breaker opened");
             self.announce(&t);
         }
     }
 
+    /// A failure with a `Retry-After` that may have lost the race to open (another failure
+    /// opened first, its duration decided before this hint was noted): the opening now in
+    /// force lasts at least until the hint, within the cap from its start. Under the lock
+    /// `publish` writes an opening's duration under, so either that publication reads this
+    /// hint, or this reads the published opening.
+    fn floor_opening(&self) {
+        let _one_step = self.lock_publication();
+        let s = self.state.0.load(Ordering::Acquire);
+        if s & 7 != OPEN || self.stamp.load(Ordering::Acquire) != s >> 3 {
+            return; // not open, or its opening not published yet (its publication reads it)
+        }
+        let cap_until = self
+            .since
+            .load(Ordering::Acquire)
+            .saturating_add(nanos(self.config.open_cap));
+        let floor = self.retry_until.load(Ordering::Acquire).min(cap_until);
+        self.open_until.fetch_max(floor, Ordering::AcqRel);
+    }
+
+    /// The patience lock, taken for a transition's publication (and `floor_opening`).
+    fn lock_publication(&self) -> MutexGuard<'_, Patience> {
+        #[cfg(all(test, not(palisade_loom)))]
+        review_hook::count_lock();
+        self.patience
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn close(&self, from: u64) {
-        // Empty the window and the run of failures *before* the state says closed: half-open
-        // records nothing into them, and once closed, a call of the new generation must not
-        // meet the outcomes that opened it (one failure would reopen it at once).
+        // Empty the window *before* the state says closed: half-open records nothing into it,
+        // and once closed, a call of the new generation must not meet the outcomes that opened
+        // it (one failure would reopen it at once). (The run of failures is per generation.)
         self.window.0.reset();
-        self.consecutive.store(0, Ordering::Release);
+        let hint = self.retry_until.load(Ordering::Acquire);
         if let Some(t) = self.transition(from, CLOSED, self.now(), None) {
-            self.openings.store(0, Ordering::Release);
+            // Recovered: an old `Retry-After` is not a floor for the next, unrelated opening
+            // (unless a new one was noted since).
+            let _ = self
+                .retry_until
+                .compare_exchange(hint, 0, Ordering::AcqRel, Ordering::Relaxed);
+            // And once more after the CAS: an outcome of the old generation that passed its
+            // check before it may have landed in between.
+            self.window.0.reset();
             self.announce(&t);
         }
     }
@@ -929,11 +1036,13 @@ impl Core {
         loop {
             if code == CLOSED {
                 self.window.0.reset();
-                self.consecutive.store(0, Ordering::Release);
-                self.openings.store(0, Ordering::Release);
                 self.retry_until.store(0, Ordering::Release);
             }
             if let Some(t) = self.transition(s, code, self.now(), None) {
+                if code == CLOSED {
+                    // Once more after the CAS, as `close` does.
+                    self.window.0.reset();
+                }
                 self.announce(&t);
                 return;
             }
@@ -986,16 +1095,15 @@ impl Core {
         // one step: under the patience lock (transitions are rare; admission never waits on
         // it, it reads the stamp).
         {
-            #[cfg(all(test, not(palisade_loom)))]
-            review_hook::count_lock();
-            let _one_step = self
-                .patience
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _one_step = self.lock_publication();
             if self.stamp.load(Ordering::Acquire) < to >> 3 {
                 self.since.store(now, Ordering::Release);
                 if let Some(until) = open_until {
-                    self.open_until.store(until, Ordering::Release);
+                    // No shorter than the upstream's `Retry-After` (read here, under the lock
+                    // a racing failure's `floor_opening` takes), never past the cap.
+                    let cap_until = now.saturating_add(nanos(self.config.open_cap));
+                    let floor = self.retry_until.load(Ordering::Acquire).min(cap_until);
+                    self.open_until.store(until.max(floor), Ordering::Release);
                 }
                 self.stamp.store(to >> 3, Ordering::Release);
             }
@@ -1343,6 +1451,10 @@ mod review6_tests;
 mod review6_loom;
 
 #[cfg(all(test, not(palisade_loom)))]
+#[path = "review7_tests.rs"]
+mod review7_tests;
+
+#[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another
 /// thread's" steps right after a transition's CAS, as if this one were preempted there.
 mod review_hook {
@@ -1503,7 +1615,7 @@ mod review_hook {
         }
     }
 
-    /// No consecutive rule (slow-call rule only): failures still count up; past 2³² − 1 the
+    /// No consecutive rule (slow-call rule only): failures still count up; past 2²⁴ − 1 the
     /// count saturates (it overflowed, a panic in a debug build).
     #[tokio::test(start_paused = true)]
     async fn the_consecutive_count_saturates_without_a_consecutive_rule() {
@@ -1514,7 +1626,11 @@ mod review_hook {
                 .build()
                 .unwrap(),
         );
-        b.core.consecutive.store(u32::MAX, Ordering::SeqCst); // 2^32 − 1 failures so far
+        // As many failures in a row as the count keeps, in this generation.
+        let g = b.generation() & GEN_MASK;
+        b.core
+            .consecutive
+            .store((g << RUN_BITS) | RUN_MAX, Ordering::SeqCst);
         let t = b.admit();
         b.record(t, Outcome::FAILURE, None);
         // No panic, and no rule that this one failure could trip.

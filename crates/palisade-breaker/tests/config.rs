@@ -57,6 +57,10 @@ fn invalid_configs_say_what_is_wrong() {
             "consecutive failures must be at least 1",
         ),
         (
+            Config::builder().consecutive_failures(1 << 24),
+            "consecutive failures must be at most 16777215 (the count the breaker keeps)",
+        ),
+        (
             Config::builder().no_failure_rate(),
             "no trip rule: set a failure rate, a slow-call rate or consecutive failures",
         ),
@@ -121,4 +125,13 @@ fn invalid_configs_say_what_is_wrong() {
 fn the_defaults_build() {
     let c = Config::builder().build().unwrap();
     assert_eq!(c, Config::default());
+}
+
+#[test]
+fn the_longest_consecutive_failure_rule_builds() {
+    let c = Config::builder()
+        .consecutive_failures((1 << 24) - 1)
+        .build()
+        .unwrap();
+    assert_eq!(c.consecutive_failures(), Some((1 << 24) - 1));
 }

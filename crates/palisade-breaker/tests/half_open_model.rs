@@ -404,7 +404,6 @@ enum MState {
 #[derive(Debug, Clone)]
 struct MProbe {
     generation: u64,
-    marked: bool,
     queued: bool,
     sent: bool,
 }
@@ -424,7 +423,14 @@ struct Model {
     patience_from: u64,
     unpaused: u64,
     ok: u32,
-    dropped: bool,
+    /// Probes sent (marked, then sent) in this half-open, and successes counted against them
+    /// (never more than sent). While some sent probe is not matched by a success — dropped by
+    /// its caller, answered with an ignored outcome, or still out — sends do not restart the
+    /// patience. The breaker cannot tell whose success it is: in a stack where only some
+    /// callers mark, an unmarked probe's success counts against a marked one that was
+    /// dropped or ignored.
+    sent: u32,
+    decided: u32,
     marked: bool,
     /// Indexed like the rig's calls; `None` once finished or dropped.
     calls: Vec<Option<MProbe>>,
@@ -473,7 +479,8 @@ impl Model {
         self.patience_from = self.now;
         self.unpaused = 0;
         self.ok = 0;
-        self.dropped = false;
+        self.sent = 0;
+        self.decided = 0;
         self.marked = false;
     }
     fn reopen_due(&self) -> bool {
@@ -514,8 +521,12 @@ impl Model {
                 .is_some_and(|p| p.generation == self.generation)
     }
     fn send(&mut self, i: usize) {
-        if self.live_current(i) && self.out() == 0 && !self.dropped {
+        let current = self.live_current(i);
+        if current && self.out() == 0 && self.sent == self.decided {
             self.restart();
+        }
+        if current {
+            self.sent += 1;
         }
         let p = self.calls[i].as_mut().unwrap();
         p.queued = false;
@@ -526,6 +537,7 @@ impl Model {
         self.calls[i] = None;
         if current {
             self.ok += 1;
+            self.decided = (self.decided + 1).min(self.sent);
             if self.ok == self.close_after {
                 self.generation += 1;
                 self.state = MState::Closed;
@@ -542,22 +554,12 @@ impl Model {
         }
     }
     fn ignore(&mut self, i: usize) {
-        if self.live_current(i) {
-            // A sent, marked probe answered `Ignore` counts like one dropped: the breaker
-            // cannot tell it from a probe refused below before it was sent.
-            let p = self.calls[i].as_ref().unwrap();
-            if p.marked && p.sent {
-                self.dropped = true;
-            }
-        }
+        // A sent probe answered `Ignore` stays unmatched, like one dropped: the breaker cannot
+        // tell it from a probe refused below before it was sent.
         self.calls[i] = None;
     }
     fn drop_call(&mut self, i: usize) {
-        let current = self.live_current(i);
-        let p = self.calls[i].take().unwrap();
-        if current && p.marked && p.sent {
-            self.dropped = true;
-        }
+        self.calls[i] = None;
     }
 }
 
@@ -620,7 +622,8 @@ fn run(probes: u16, close_after: u16, ops: &[Op]) -> Result<(), String> {
             patience_from: 0,
             unpaused: 0,
             ok: 0,
-            dropped: false,
+            sent: 0,
+            decided: 0,
             marked: false,
             calls: Vec::new(),
         };
@@ -655,7 +658,6 @@ fn run(probes: u16, close_after: u16, ops: &[Op]) -> Result<(), String> {
                             let g = m.generation;
                             m.calls.push(Some(MProbe {
                                 generation: g,
-                                marked,
                                 queued: marked,
                                 sent: !marked,
                             }));
