@@ -100,9 +100,9 @@ async fn r7_3_a_retry_after_noted_before_the_opening_is_its_floor() {
     let t1 = b.admit(); // a timeout, no hint
     let t2 = b.admit(); // a 503 with Retry-After: 60
     let other = b.clone();
-    // t2's thread runs `note_retry_after`, and is preempted before it reads the state again.
+    // t2's thread runs `note_hint`, and is preempted before it reads the state again.
     at("open", move || {
-        other.core.note_retry_after(Duration::from_secs(60))
+        other.core.note_hint(Duration::from_secs(60))
     });
     b.record(t1, Outcome::FAILURE, None);
     assert!(hooks_fired());

@@ -176,6 +176,13 @@ struct Patience {
     marked: bool,
 }
 
+/// What the winner of an opening publishes: until when, and how many openings in a row.
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    until: u64,
+    in_a_row: u32,
+}
+
 /// A circuit breaker: the shared state, and the handle to inspect and control it.
 ///
 /// Cloning is cheap and every clone is the same breaker. A [`CircuitBreakerLayer`] made from it
@@ -215,8 +222,9 @@ pub(crate) struct Core {
     half_open: AtomicU64,
     /// The half-open patience ([`QueuedProbe`] marks pause it). Taken by a probe's own steps
     /// (admitted, marked, sent, answered, dropped), by each caller that meets the end of an
-    /// opening (the setup), and by a transition's publication; never by a call refused in
-    /// half-open, which reads [`patience_until`](Self::patience_until), nor on the closed path.
+    /// opening (the setup), by a transition's publication, and once by a failure carrying a
+    /// `Retry-After` (`note_hint`); never by a call refused in half-open, which reads
+    /// [`patience_until`](Self::patience_until), nor by any other call on the closed path.
     patience: Mutex<Patience>,
     /// When the current half-open's patience is spent (ns since origin), published under the
     /// `patience` lock: a refused caller at or past it reopens the breaker.
@@ -226,7 +234,8 @@ pub(crate) struct Core {
     /// generation, late (its caller preempted across a reset or a close), counts in its own
     /// generation's run, never in the new one's.
     consecutive: AtomicU64,
-    /// Openings in a row (reset when a half-open closes): the exponent of the backoff.
+    /// Openings in a row, published with each opening: the exponent of the backoff. Read only
+    /// when opening from half-open (an opening from closed is the first of its row).
     openings: AtomicU32,
     /// The latest instant (ns since origin) until which a failure's `Retry-After` asked callers
     /// to stay away: an opening lasts at least until then (capped at the open cap).
@@ -328,7 +337,8 @@ impl Breaker {
         self.core.window.0.counts(self.core.now())
     }
 
-    /// Failures in a row since the last success (what the consecutive-failure rule counts).
+    /// Failures in a row since the last success, in the current closed state (what the
+    /// consecutive-failure rule counts); 0 in any other state.
     pub fn consecutive_failures(&self) -> u32 {
         let generation = self.core.state.0.load(Ordering::Acquire) >> 3;
         let run = self.core.consecutive.load(Ordering::Acquire);
@@ -766,7 +776,11 @@ impl Core {
     fn record_closed(&self, generation: u64, outcome: Outcome, slow: bool) {
         let s = self.state.0.load(Ordering::Acquire);
         if s != pack(generation, CLOSED) {
-            return; // admitted under an earlier state: changes nothing now
+            // Admitted under an earlier state: changes nothing now — but an upstream's
+            // `Retry-After` that arrives just after another failure opened it floors that
+            // opening (the next generation's).
+            self.late_hint(outcome, pack(generation + 1, OPEN), s);
+            return;
         }
         // Test hook (review 7): preempted after the generation check, before the writes.
         #[cfg(all(test, not(palisade_loom)))]
@@ -775,20 +789,24 @@ impl Core {
             Outcome::Ignore => return,
             Outcome::Success => {
                 // The run ends: only this generation's (another's count is not this one's).
-                let run = self.consecutive.load(Ordering::Relaxed);
-                if run & RUN_MAX != 0 && run >> RUN_BITS == generation & GEN_MASK {
-                    let _ = self.consecutive.compare_exchange(
+                // (Again if a failure moved it meanwhile: the success comes after it.)
+                let mut run = self.consecutive.load(Ordering::Relaxed);
+                while run & RUN_MAX != 0 && run >> RUN_BITS == generation & GEN_MASK {
+                    match self.consecutive.compare_exchange(
                         run,
                         (generation & GEN_MASK) << RUN_BITS,
                         Ordering::AcqRel,
                         Ordering::Relaxed,
-                    );
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => run = now,
+                    }
                 }
                 false
             }
             Outcome::Failure { retry_after } => {
                 if let Some(ra) = retry_after {
-                    self.note_retry_after(ra);
+                    self.note_hint(ra);
                 }
                 true
             }
@@ -815,12 +833,6 @@ impl Core {
             }
             return;
         }
-        let hinted = matches!(
-            outcome,
-            Outcome::Failure {
-                retry_after: Some(_)
-            }
-        );
         let consecutive = if failed {
             self.count_failure(generation)
         } else {
@@ -828,9 +840,6 @@ impl Core {
         };
         if self.should_trip(consecutive, window.counts(now)) {
             self.open(s, now);
-        }
-        if hinted {
-            self.floor_opening();
         }
     }
 
@@ -874,7 +883,10 @@ impl Core {
     fn record_probe(&self, generation: u64, outcome: Outcome, slow: bool) {
         let s = self.state.0.load(Ordering::Acquire);
         if s != pack(generation, HALF_OPEN) {
-            return; // a probe of an earlier half-open: its slot is gone with that generation
+            // A probe of an earlier half-open: its slot is gone with that generation (its
+            // `Retry-After`, just after another probe's failure reopened it, floors that).
+            self.late_hint(outcome, pack(generation + 1, OPEN), s);
+            return;
         }
         match outcome {
             Outcome::Ignore => {
@@ -920,23 +932,47 @@ impl Core {
                     retry_after: Some(ra),
                 } = outcome
                 {
-                    self.note_retry_after(ra);
-                    self.open(s, self.now());
-                    self.floor_opening();
-                } else {
-                    self.open(s, self.now());
+                    self.note_hint(ra);
                 }
+                self.open(s, self.now());
             }
         }
     }
 
     /// Remembers until when the upstream asked to be left alone (an absolute instant, so an old
-    /// hint cannot lengthen a later, unrelated opening).
-    fn note_retry_after(&self, ra: Duration) {
-        let until = self
-            .now()
-            .saturating_add(u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX));
+    /// hint cannot lengthen a later, unrelated opening), and floors the opening in force with
+    /// it. Under the lock an opening's publication reads the hint under, and `close` forgets
+    /// it under: either that publication comes after and reads this hint, or the opening is
+    /// published already and is extended here (within the cap from its start). A failure that
+    /// carries a `Retry-After` takes the lock once; no other call on the closed path does.
+    fn note_hint(&self, ra: Duration) {
+        let until = self.now().saturating_add(nanos(ra));
+        let _one_step = self.lock_publication();
         self.retry_until.fetch_max(until, Ordering::AcqRel);
+        let s = self.state.0.load(Ordering::Acquire);
+        if s & 7 != OPEN || self.stamp.load(Ordering::Acquire) != s >> 3 {
+            return; // not open, or its opening not published yet (its publication reads it)
+        }
+        let cap_until = self
+            .since
+            .load(Ordering::Acquire)
+            .saturating_add(nanos(self.config.open_cap));
+        self.open_until
+            .fetch_max(until.min(cap_until), Ordering::AcqRel);
+    }
+
+    /// A stale outcome's `Retry-After`, if the breaker is in the opening `opening` (the one the
+    /// outcome's own state led to, by another call's failure).
+    #[cold]
+    fn late_hint(&self, outcome: Outcome, opening: u64, s: u64) {
+        if let Outcome::Failure {
+            retry_after: Some(ra),
+        } = outcome
+        {
+            if s == opening {
+                self.note_hint(ra);
+            }
+        }
     }
 
     /// Opens from `from` (closed or half-open), for a duration that grows with each opening in
@@ -970,40 +1006,25 @@ impl Core {
             }
         }
         // (No shorter than the upstream's `Retry-After`: `publish` reads that floor, under the
-        // lock a racing failure's hint is also published under — see `floor_opening`.)
+        // lock a racing failure's hint is noted under — see `note_hint`.)
         d = d.min(cap);
         // Test hook (review 7): preempted after computing the duration, before the CAS.
         #[cfg(all(test, not(palisade_loom)))]
         review_hook::fire("open");
         // Only the winner of the transition writes the duration (see `stamp`).
-        if let Some(t) = self.transition(from, OPEN, now, Some(now.saturating_add(d))) {
-            self.openings.store(k.saturating_add(1), Ordering::Release);
+        let opening = Opening {
+            until: now.saturating_add(d),
+            in_a_row: k.saturating_add(1),
+        };
+        if let Some(t) = self.transition(from, OPEN, now, Some(opening)) {
             let open_for = self.open_until.load(Ordering::Acquire).saturating_sub(now);
             tracing::warn!(open_for = ?Duration::from_nanos(open_for), openings = k + 1, "circuit breaker opened");
             self.announce(&t);
         }
     }
 
-    /// A failure with a `Retry-After` that may have lost the race to open (another failure
-    /// opened first, its duration decided before this hint was noted): the opening now in
-    /// force lasts at least until the hint, within the cap from its start. Under the lock
-    /// `publish` writes an opening's duration under, so either that publication reads this
-    /// hint, or this reads the published opening.
-    fn floor_opening(&self) {
-        let _one_step = self.lock_publication();
-        let s = self.state.0.load(Ordering::Acquire);
-        if s & 7 != OPEN || self.stamp.load(Ordering::Acquire) != s >> 3 {
-            return; // not open, or its opening not published yet (its publication reads it)
-        }
-        let cap_until = self
-            .since
-            .load(Ordering::Acquire)
-            .saturating_add(nanos(self.config.open_cap));
-        let floor = self.retry_until.load(Ordering::Acquire).min(cap_until);
-        self.open_until.fetch_max(floor, Ordering::AcqRel);
-    }
-
-    /// The patience lock, taken for a transition's publication (and `floor_opening`).
+    /// The patience lock, taken for a transition's publication, a move to closed, and a
+    /// failure's `Retry-After` (`note_hint`).
     fn lock_publication(&self) -> MutexGuard<'_, Patience> {
         #[cfg(all(test, not(palisade_loom)))]
         review_hook::count_lock();
@@ -1017,13 +1038,9 @@ impl Core {
         // and once closed, a call of the new generation must not meet the outcomes that opened
         // it (one failure would reopen it at once). (The run of failures is per generation.)
         self.window.0.reset();
-        let hint = self.retry_until.load(Ordering::Acquire);
-        if let Some(t) = self.transition(from, CLOSED, self.now(), None) {
-            // Recovered: an old `Retry-After` is not a floor for the next, unrelated opening
-            // (unless a new one was noted since).
-            let _ = self
-                .retry_until
-                .compare_exchange(hint, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let now = self.now();
+        if let Some(to) = self.move_closed(from) {
+            let t = self.publish(from, to, now, None);
             // And once more after the CAS: an outcome of the old generation that passed its
             // check before it may have landed in between.
             self.window.0.reset();
@@ -1036,9 +1053,15 @@ impl Core {
         loop {
             if code == CLOSED {
                 self.window.0.reset();
-                self.retry_until.store(0, Ordering::Release);
             }
-            if let Some(t) = self.transition(s, code, self.now(), None) {
+            let now = self.now();
+            let moved = if code == CLOSED {
+                self.move_closed(s)
+            } else {
+                self.move_state(s, code)
+            };
+            if let Some(to) = moved {
+                let t = self.publish(s, to, now, None);
                 if code == CLOSED {
                     // Once more after the CAS, as `close` does.
                     self.window.0.reset();
@@ -1059,10 +1082,21 @@ impl Core {
         from: u64,
         code: u64,
         now: u64,
-        open_until: Option<u64>,
+        opening: Option<Opening>,
     ) -> Option<Transition> {
         let to = self.move_state(from, code)?;
-        Some(self.publish(from, to, now, open_until))
+        Some(self.publish(from, to, now, opening))
+    }
+
+    /// The CAS of a move to closed, and the upstream's last `Retry-After` forgotten with it,
+    /// in one step under the lock hints are noted under: a hint of the generation left is not
+    /// a floor for the next, unrelated opening (whose publication, under the same lock, comes
+    /// after), and a hint noted after the move is kept.
+    fn move_closed(&self, from: u64) -> Option<u64> {
+        let _one_step = self.lock_publication();
+        let to = self.move_state(from, CLOSED)?;
+        self.retry_until.store(0, Ordering::Release);
+        Some(to)
     }
 
     /// The CAS of a transition: the new state word, or `None` if another thread moved first.
@@ -1076,7 +1110,7 @@ impl Core {
     }
 
     /// What the winner of a transition from `from` to `to` writes after its CAS.
-    fn publish(&self, from: u64, to: u64, now: u64, open_until: Option<u64>) -> Transition {
+    fn publish(&self, from: u64, to: u64, now: u64, opening: Option<Opening>) -> Transition {
         #[cfg(all(test, not(palisade_loom)))]
         {
             // Test hook: stands for this thread being preempted right after its CAS.
@@ -1098,12 +1132,14 @@ impl Core {
             let _one_step = self.lock_publication();
             if self.stamp.load(Ordering::Acquire) < to >> 3 {
                 self.since.store(now, Ordering::Release);
-                if let Some(until) = open_until {
+                if let Some(Opening { until, in_a_row }) = opening {
                     // No shorter than the upstream's `Retry-After` (read here, under the lock
-                    // a racing failure's `floor_opening` takes), never past the cap.
+                    // a failure's `note_hint` takes), never past the cap.
                     let cap_until = now.saturating_add(nanos(self.config.open_cap));
                     let floor = self.retry_until.load(Ordering::Acquire).min(cap_until);
                     self.open_until.store(until.max(floor), Ordering::Release);
+                    // With the stamp, so a later opening never reads an older count.
+                    self.openings.store(in_a_row, Ordering::Release);
                 }
                 self.stamp.store(to >> 3, Ordering::Release);
             }
@@ -1453,6 +1489,14 @@ mod review6_loom;
 #[cfg(all(test, not(palisade_loom)))]
 #[path = "review7_tests.rs"]
 mod review7_tests;
+
+#[cfg(all(test, not(palisade_loom)))]
+#[path = "review8_tests.rs"]
+mod review8_tests;
+
+#[cfg(all(test, palisade_loom))]
+#[path = "review8_loom.rs"]
+mod review8_loom;
 
 #[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another

@@ -787,3 +787,52 @@ mod model {
         }
     }
 }
+
+/// Review 8: sequences for two mutations of the breaker's counted rule that the model's 3,000
+/// random cases did not catch (decided not capped by sent; sends counted only when none out).
+mod review8_sequences {
+    use super::*;
+
+    /// An unmarked probe's success (close_after 2) before any send: the breaker caps the
+    /// decided count at the sent one, so the first marked send still restarts the patience.
+    #[test]
+    fn an_unmarked_success_before_any_send_is_not_banked() {
+        use Op::*;
+        let ops = [
+            Admit { mark: false }, // trip
+            Advance(1000),
+            Admit { mark: false }, // #0, unmarked probe
+            Succeed(0),
+            Advance(1000),
+            Admit { mark: true }, // #1, queued
+            Send(0),              // restarts the patience: 2000 + 5000
+            Advance(4500),
+            Admit { mark: false }, // refused, not reopened (6500 < 7000)
+        ];
+        run(1, 2, &ops).unwrap();
+    }
+
+    /// Two marked probes sent overlapping, the first dropped after its send, the second a
+    /// success: one sent probe is still unmatched, so a later send does not restart.
+    #[test]
+    fn overlapping_sends_each_count() {
+        use Op::*;
+        let ops = [
+            Admit { mark: true }, // trip
+            Advance(1000),
+            Admit { mark: true }, // #0
+            Admit { mark: true }, // #1
+            Send(0),              // #0 sent: restart at 1000
+            Send(1),              // #1 sent while #0 out
+            Drop(0),              // #0 dropped, sent and undecided
+            Succeed(0),           // #1 succeeds (ok 1 of 2): restart at 1000
+            Advance(2000),
+            Admit { mark: true }, // #2
+            Admit { mark: true }, // #3
+            Send(0),              // #2 sent at 3000: no restart (a sent probe unmatched)
+            Advance(3000),
+            Admit { mark: false }, // 6000 >= 1000 + 5000: reopens
+        ];
+        run(2, 2, &ops).unwrap();
+    }
+}
