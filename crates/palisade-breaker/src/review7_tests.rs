@@ -102,7 +102,9 @@ async fn r7_3_a_retry_after_noted_before_the_opening_is_its_floor() {
     let other = b.clone();
     // t2's thread runs `note_hint`, and is preempted before it reads the state again.
     at("open", move || {
-        other.core.note_hint(Duration::from_secs(60))
+        other
+            .core
+            .note_hint(Duration::from_secs(60), pack(0, CLOSED))
     });
     b.record(t1, Outcome::FAILURE, None);
     assert!(hooks_fired());

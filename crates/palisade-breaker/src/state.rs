@@ -587,6 +587,9 @@ impl Core {
             if self.state.0.load(Ordering::Acquire) != s {
                 return; // another caller left it (or a handle moved it)
             }
+            if now < self.open_until.load(Ordering::Acquire) {
+                return; // a hint floored it meanwhile (under this lock): still open
+            }
             self.half_open
                 .store(pack_half(next, 0, 0), Ordering::Release);
             *p = Patience {
@@ -779,7 +782,7 @@ impl Core {
             // Admitted under an earlier state: changes nothing now — but an upstream's
             // `Retry-After` that arrives just after another failure opened it floors that
             // opening (the next generation's).
-            self.late_hint(outcome, pack(generation + 1, OPEN), s);
+            self.late_hint(outcome, pack(generation, CLOSED));
             return;
         }
         // Test hook (review 7): preempted after the generation check, before the writes.
@@ -806,7 +809,7 @@ impl Core {
             }
             Outcome::Failure { retry_after } => {
                 if let Some(ra) = retry_after {
-                    self.note_hint(ra);
+                    self.note_hint(ra, pack(generation, CLOSED));
                 }
                 true
             }
@@ -885,7 +888,7 @@ impl Core {
         if s != pack(generation, HALF_OPEN) {
             // A probe of an earlier half-open: its slot is gone with that generation (its
             // `Retry-After`, just after another probe's failure reopened it, floors that).
-            self.late_hint(outcome, pack(generation + 1, OPEN), s);
+            self.late_hint(outcome, pack(generation, HALF_OPEN));
             return;
         }
         match outcome {
@@ -932,7 +935,7 @@ impl Core {
                     retry_after: Some(ra),
                 } = outcome
                 {
-                    self.note_hint(ra);
+                    self.note_hint(ra, s);
                 }
                 self.open(s, self.now());
             }
@@ -943,13 +946,19 @@ impl Core {
     /// hint cannot lengthen a later, unrelated opening), and floors the opening in force with
     /// it. Under the lock an opening's publication reads the hint under, and `close` forgets
     /// it under: either that publication comes after and reads this hint, or the opening is
-    /// published already and is extended here (within the cap from its start). A failure that
-    /// carries a `Retry-After` takes the lock once; no other call on the closed path does.
-    fn note_hint(&self, ra: Duration) {
+    /// published already and is extended here (within the cap from its start). Only while the
+    /// breaker is still in `own`, the state the outcome was admitted under, or in the opening
+    /// that state led to: a hint noted later would outlive a reset or a recovery, or floor an
+    /// unrelated opening. A failure that carries a `Retry-After` takes the lock once; no other
+    /// call on the closed path does.
+    fn note_hint(&self, ra: Duration, own: u64) {
         let until = self.now().saturating_add(nanos(ra));
         let _one_step = self.lock_publication();
-        self.retry_until.fetch_max(until, Ordering::AcqRel);
         let s = self.state.0.load(Ordering::Acquire);
+        if s != own && s != pack((own >> 3) + 1, OPEN) {
+            return; // the outcome's state and the opening it led to are both gone
+        }
+        self.retry_until.fetch_max(until, Ordering::AcqRel);
         if s & 7 != OPEN || self.stamp.load(Ordering::Acquire) != s >> 3 {
             return; // not open, or its opening not published yet (its publication reads it)
         }
@@ -961,16 +970,17 @@ impl Core {
             .fetch_max(until.min(cap_until), Ordering::AcqRel);
     }
 
-    /// A stale outcome's `Retry-After`, if the breaker is in the opening `opening` (the one the
-    /// outcome's own state led to, by another call's failure).
+    /// A stale outcome's `Retry-After` (its own state `own` is gone), if the breaker is in the
+    /// opening that state led to, by another call's failure: that opening is floored. (The
+    /// state word is read first, without the lock: most stale outcomes take none.)
     #[cold]
-    fn late_hint(&self, outcome: Outcome, opening: u64, s: u64) {
+    fn late_hint(&self, outcome: Outcome, own: u64) {
         if let Outcome::Failure {
             retry_after: Some(ra),
         } = outcome
         {
-            if s == opening {
-                self.note_hint(ra);
+            if self.state.0.load(Ordering::Acquire) == pack((own >> 3) + 1, OPEN) {
+                self.note_hint(ra, own);
             }
         }
     }
@@ -1497,6 +1507,10 @@ mod review8_tests;
 #[cfg(all(test, palisade_loom))]
 #[path = "review8_loom.rs"]
 mod review8_loom;
+
+#[cfg(all(test, not(palisade_loom)))]
+#[path = "review9_tests.rs"]
+mod review9_tests;
 
 #[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another
