@@ -12,8 +12,10 @@ use std::time::Duration;
 pub enum Outcome {
     /// The upstream did its job.
     Success,
-    /// The upstream failed. `retry_after` is its own hint (e.g. a `Retry-After` header): an
-    /// opening caused by this failure lasts at least that long.
+    /// The upstream failed. `retry_after` is its own hint (e.g. a `Retry-After` header): until
+    /// it expires, any opening lasts at least until then (within the open cap) — the one this
+    /// failure causes, or a later one — unless the breaker recovers (closes from half-open) or
+    /// is reset first.
     Failure {
         /// How long the upstream asked callers to stay away, if it said.
         retry_after: Option<Duration>,

@@ -12,8 +12,9 @@ use crate::keyed::Keyer;
 /// everything else — 4xx included — is a success, since a client's bad request says nothing about
 /// the upstream's health. `429` is a success unless [`count_429`](Self::count_429).
 ///
-/// A failing response's `Retry-After` (in delay-seconds) keeps the breaker open at least that
-/// long. (The HTTP-date form is not read: it would need the wall clock.)
+/// A failing response's `Retry-After` keeps the breaker open at least that long: delay-seconds,
+/// or an HTTP-date, turned into a delay with the system clock (so paused tokio time does not
+/// move it).
 ///
 /// ```
 /// use palisade_breaker::classify::{Classify, Outcome};

@@ -56,8 +56,9 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// and idle for `idle` are forgotten, and if
 /// that frees nothing, the least recently used clean one. A breaker that is open, half-open,
 /// forced, or holds failures is never forgotten: forgetting it would hand a failing host a fresh
-/// breaker. So the bound can be exceeded only by breakers that carry failure state; while it
-/// is, the table is scanned for room once per `max_keys/64` new keys, not on every one. (With
+/// breaker. So the bound is exceeded only while breakers that carry failure state fill it;
+/// then the table is scanned for room once per `max_keys/64` new keys, not on every one, and
+/// up to that many clean breakers added between two scans are kept too. (With
 /// a count window, which slides only with calls, a host that failed and was not called again
 /// holds its failure, and is kept, for good; a time window lets it go once the failure has
 /// slid out.)

@@ -14,7 +14,9 @@ use crate::state::Breaker;
 /// The breaker is created with the layer, so every service the layer makes — clones and
 /// repeated [`layer`](Layer::layer) calls alike — sees one state. While it is open,
 /// `poll_ready` answers `Ready` without polling the inner service, and `call` returns
-/// [`CircuitOpen`](crate::CircuitOpen) at once (boxed, as tower reports errors).
+/// [`CircuitOpen`](crate::CircuitOpen) at once (boxed, as tower reports errors). Admission is
+/// decided in `poll_ready`: a service readied while closed still makes its call after the
+/// breaker opens, and its outcome, stale, changes nothing.
 ///
 /// Put a timeout *inside* the breaker, so that a hung upstream is a recorded failure, and a
 /// retry *outside*, so retries of refusals do not hammer.

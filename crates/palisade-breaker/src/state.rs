@@ -38,7 +38,7 @@ pub enum State {
     /// Calls are refused until the open duration has passed.
     Open,
     /// A few probe calls pass; the rest are refused. Successful probes close it, a failed one
-    /// reopens it.
+    /// reopens it (with a slow-call rule, so does a slow one).
     HalfOpen,
     /// Held open by the handle until reset.
     ForcedOpen,
@@ -70,7 +70,9 @@ impl fmt::Display for State {
     }
 }
 
-/// A change of state, as reported to a listener.
+/// A transition, as reported to a listener: every move of the state machine, including a
+/// handle's `reset`, `force_open` or `force_closed` to the state it is already in (a new
+/// generation, same state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
     /// The state left.
