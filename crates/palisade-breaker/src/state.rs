@@ -1515,6 +1515,10 @@ mod review8_loom;
 mod review9_tests;
 
 #[cfg(all(test, not(palisade_loom)))]
+#[path = "review11_tests.rs"]
+mod review11_tests;
+
+#[cfg(all(test, not(palisade_loom)))]
 /// Interleavings found by a review, simulated deterministically: a hook runs "another
 /// thread's" steps right after a transition's CAS, as if this one were preempted there.
 mod review_hook {
