@@ -8,16 +8,13 @@
 //!
 //! The generation is set directly, as 2^31 `reset()` calls would leave it (about 8 minutes of
 //! them in a release build).
-use super::*;
+use super::race_support::*;
 
 fn cfg(probes: u16, close_after: u16) -> Config {
-    Config::builder()
-        .consecutive_failures(1)
+    builder()
         .half_open_probes(probes)
         .close_after(close_after)
         .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
         .build()
         .unwrap()
 }
@@ -29,13 +26,6 @@ fn skip_generations_while_closed(b: &Breaker, n: u64) {
     let g = (s >> 3) + n;
     b.core.state.0.store(pack(g, CLOSED), Ordering::SeqCst);
     b.core.stamp.store(g, Ordering::SeqCst);
-}
-
-fn trip(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)));
-    b.record(t, Outcome::FAILURE, None);
-    assert_eq!(b.state(), State::Open);
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,27 +2,8 @@
 //! as over and is preempted past a floor still makes progress (p1) or refuses with the time
 //! left (p2); a failure whose own record trips is floored by its hint (p3); a hint arriving
 //! after its outage moved on is dropped (p4); a stale failure without a hint takes no lock (p5).
-use super::review_hook::AT;
-use super::*;
+use super::race_support::*;
 use std::sync::mpsc;
-
-fn cfg(consecutive: u32) -> Config {
-    Config::builder()
-        .consecutive_failures(consecutive)
-        .half_open_probes(1)
-        .close_after(1)
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(100))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
-        .build()
-        .unwrap()
-}
-fn hinted(secs: u64) -> Outcome {
-    Outcome::Failure {
-        retry_after: Some(Duration::from_secs(secs)),
-    }
-}
 
 // A leaver with a stale `now` (read before a floor that has since passed) returns from the
 // setup, and admit's loop re-reads the clock: it becomes the probe, no spin, no refusal.

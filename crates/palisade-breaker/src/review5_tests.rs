@@ -14,46 +14,20 @@
 //! its whole generation, under one lock that only a probe's steps and a half-open's setup take
 //! (the hook points were inside those steps; now the other thread's steps can only come before
 //! or after them), and publishes when the patience is spent for the refused callers to read.
-use super::review_hook::{AFTER_CAS, AT};
-use super::*;
+use super::race_support::*;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 fn cfg(probes: u16) -> Config {
-    Config::builder()
-        .consecutive_failures(1)
+    builder()
         .half_open_probes(probes)
-        .close_after(1)
         .open_duration(Duration::from_secs(1), 1, Duration::from_secs(1))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
         .build()
         .unwrap()
 }
 
-fn trip(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)));
-    b.record(t, Outcome::FAILURE, None);
-    assert_eq!(b.state(), State::Open);
-}
-
 async fn secs(s: f64) {
     tokio::time::advance(Duration::from_secs_f64(s)).await;
-}
-
-fn at(point: &'static str, f: impl FnMut() + 'static) {
-    AT.with(|h| h.borrow_mut().push((point, Box::new(f))));
-}
-
-fn hooks_fired() -> bool {
-    AT.with(|h| h.borrow().is_empty()) && AFTER_CAS.with(|h| h.borrow().is_none())
-}
-
-fn probe(t: Ticket) -> Ticket {
-    assert!(matches!(t, Ticket::Probe(_)), "not a probe: {t:?}");
-    t
 }
 
 /// Admits every 0.5 s from `at_s` (seconds into the half-open) until the breaker leaves

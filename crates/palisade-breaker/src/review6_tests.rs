@@ -1,26 +1,13 @@
 //! Review 6 of 4c3ccac (the half-open patience under one lock). Deterministic, paused tokio
 //! time; hooks as in review5_tests.rs.
-use super::review_hook::AT;
-use super::*;
+use super::race_support::*;
 
 fn cfg(probes: u16) -> Config {
-    Config::builder()
-        .consecutive_failures(1)
+    builder()
         .half_open_probes(probes)
-        .close_after(1)
         .open_duration(Duration::from_secs(1), 1, Duration::from_secs(100))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
         .build()
         .unwrap()
-}
-
-fn trip(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)), "{t:?}");
-    b.record(t, Outcome::FAILURE, None);
-    assert_eq!(b.state(), State::Open);
 }
 
 /// R6-2 (older than 4c3ccac; what R5-5 left). `publish` checked `stamp < to` and then stored

@@ -2,43 +2,7 @@
 //! two test-only points: `AT("open")` (an opener between computing its duration and its CAS)
 //! and `AT("record")` (a closed outcome past its generation check, before its writes to the
 //! window and the consecutive count). Each failed on fd32e39.
-use super::review_hook::{AFTER_CAS, AT};
-use super::*;
-
-fn cfg(consecutive: u32) -> Config {
-    Config::builder()
-        .consecutive_failures(consecutive)
-        .half_open_probes(1)
-        .close_after(1)
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(100))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
-        .build()
-        .unwrap()
-}
-
-fn at(point: &'static str, f: impl FnMut() + 'static) {
-    AT.with(|h| h.borrow_mut().push((point, Box::new(f))));
-}
-
-fn after_cas(f: impl FnMut() + 'static) {
-    AFTER_CAS.with(|h| *h.borrow_mut() = Some(Box::new(f)));
-}
-
-fn hooks_fired() -> bool {
-    AT.with(|h| h.borrow().is_empty()) && AFTER_CAS.with(|h| h.borrow().is_none())
-}
-
-fn fail(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)), "{t:?}");
-    b.record(t, Outcome::FAILURE, None);
-}
-
-async fn secs(s: u64) {
-    tokio::time::advance(Duration::from_secs(s)).await;
-}
+use super::race_support::*;
 
 // -------------------------------------------------------------------------------------------
 // R7-1. `open` counts the opening (`openings += 1`) after its CAS; `reset` clears `openings`

@@ -1,41 +1,7 @@
 //! Review 8 of ad394d1 (6d341a8). Deterministic, paused tokio time; the hooks of
 //! review7_tests.rs, and for R8-2 a tracing subscriber on the opener's thread standing for a
 //! preemption right after its publication (the `info!` at the end of `publish`).
-use super::review_hook::{AFTER_CAS, LOCKS};
-use super::*;
-
-fn cfg(consecutive: u32) -> Config {
-    Config::builder()
-        .consecutive_failures(consecutive)
-        .half_open_probes(1)
-        .close_after(1)
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(100))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
-        .build()
-        .unwrap()
-}
-
-fn after_cas(f: impl FnMut() + 'static) {
-    AFTER_CAS.with(|h| *h.borrow_mut() = Some(Box::new(f)));
-}
-
-fn fail(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)), "{t:?}");
-    b.record(t, Outcome::FAILURE, None);
-}
-
-fn hinted(secs: u64) -> Outcome {
-    Outcome::Failure {
-        retry_after: Some(Duration::from_secs(secs)),
-    }
-}
-
-async fn secs(s: u64) {
-    tokio::time::advance(Duration::from_secs(s)).await;
-}
+use super::race_support::*;
 
 // R8-1. `close` forgets the hint only after its CAS (and its publication). A failure of the new
 // closed generation that opens the breaker in between has its opening floored by the hint of

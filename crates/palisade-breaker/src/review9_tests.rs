@@ -1,37 +1,7 @@
 //! Review 9 of e0a7ade (reviewer's tests; each fails on e0a7ade). Paused tokio time, the
 //! hooks of review7/8 (`AT("record")`, `AT("setup")`), a second thread held at a hook.
-use super::review_hook::AT;
-use super::*;
+use super::race_support::*;
 use std::sync::mpsc;
-
-fn cfg(consecutive: u32) -> Config {
-    Config::builder()
-        .consecutive_failures(consecutive)
-        .half_open_probes(1)
-        .close_after(1)
-        .open_duration(Duration::from_secs(1), 2, Duration::from_secs(100))
-        .jitter(0)
-        .max_half_open_wait(Duration::from_secs(5))
-        .max_probe_queue_wait(Duration::from_secs(7))
-        .build()
-        .unwrap()
-}
-
-fn at(point: &'static str, f: impl FnMut() + 'static) {
-    AT.with(|h| h.borrow_mut().push((point, Box::new(f))));
-}
-
-fn fail(b: &Breaker) {
-    let t = b.admit();
-    assert!(matches!(t, Ticket::Closed(_)), "{t:?}");
-    b.record(t, Outcome::FAILURE, None);
-}
-
-fn hinted(secs: u64) -> Outcome {
-    Outcome::Failure {
-        retry_after: Some(Duration::from_secs(secs)),
-    }
-}
 
 // R9-1. A hinted closed failure past its generation check, a reset before its `note_hint`:
 // the hint is noted after `move_closed` cleared `retry_until`, so it survives the reset and

@@ -1483,6 +1483,10 @@ mod packed_ticket_tests {
 mod generation_wrap_tests;
 
 #[cfg(all(test, not(palisade_loom)))]
+#[path = "race_support.rs"]
+mod race_support;
+
+#[cfg(all(test, not(palisade_loom)))]
 #[path = "review5_tests.rs"]
 mod review5_tests;
 

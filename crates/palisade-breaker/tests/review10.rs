@@ -310,22 +310,18 @@ async fn r10_ok_backoff_cap_reset_and_jitter_bounds() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn r10_ok_retry_after_floor_cap_and_forgotten_on_close() {
-    let hint = Arc::new(Mutex::new(Some(secs(5))));
-    let h = hint.clone();
-    let b = Breaker::new(
-        quick_open()
-            .no_failure_rate()
-            .consecutive_failures(1)
-            .build()
-            .unwrap(),
-    );
-    let mut s = CircuitBreakerLayer::from_breaker(b.clone())
+/// `b` over a service that succeeds on `true` and fails on `false`, each failure carrying the
+/// Retry-After `hint` holds at the time.
+fn hinting(
+    b: &Breaker,
+    hint: &Arc<Mutex<Option<Duration>>>,
+) -> impl Service<bool, Response = (), Error = BoxError> {
+    let hint = hint.clone();
+    CircuitBreakerLayer::from_breaker(b.clone())
         .with_classifier(classify_fn(move |r: &Result<(), &'static str>| match r {
             Ok(()) => Outcome::Success,
             Err(_) => Outcome::Failure {
-                retry_after: *h.lock().unwrap(),
+                retry_after: *hint.lock().unwrap(),
             },
         }))
         .layer(service_fn(|ok: bool| async move {
@@ -334,7 +330,20 @@ async fn r10_ok_retry_after_floor_cap_and_forgotten_on_close() {
             } else {
                 Err("x")
             }
-        }));
+        }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn r10_ok_retry_after_floor_cap_and_forgotten_on_close() {
+    let hint = Arc::new(Mutex::new(Some(secs(5))));
+    let b = Breaker::new(
+        quick_open()
+            .no_failure_rate()
+            .consecutive_failures(1)
+            .build()
+            .unwrap(),
+    );
+    let mut s = hinting(&b, &hint);
     let _ = s.ready().await.unwrap().call(false).await;
     assert_eq!(b.open_remaining(), Some(secs(5))); // floor over the 1 s base
     let e = s.ready().await.unwrap().call(true).await.unwrap_err();
@@ -364,21 +373,7 @@ async fn r10_ok_retry_after_floor_cap_and_forgotten_on_close() {
         .build()
         .unwrap();
     let b2 = Breaker::new(cfg2);
-    let h2 = hint.clone();
-    let mut s2 = CircuitBreakerLayer::from_breaker(b2.clone())
-        .with_classifier(classify_fn(move |r: &Result<(), &'static str>| match r {
-            Ok(()) => Outcome::Success,
-            Err(_) => Outcome::Failure {
-                retry_after: *h2.lock().unwrap(),
-            },
-        }))
-        .layer(service_fn(|ok: bool| async move {
-            if ok {
-                Ok(())
-            } else {
-                Err("x")
-            }
-        }));
+    let mut s2 = hinting(&b2, &hint);
     let _ = s2.ready().await.unwrap().call(false).await; // hint noted, no trip
     b2.reset();
     *hint.lock().unwrap() = None;
