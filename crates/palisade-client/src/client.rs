@@ -359,7 +359,7 @@ impl Service<Request<Body>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+    fn call(&mut self, mut req: Request<Body>) -> RouteFuture {
         #[cfg(not(feature = "tls"))]
         if req
             .uri()
@@ -367,8 +367,7 @@ impl Service<Request<Body>> for Router {
             .is_some_and(|s| s.as_str().eq_ignore_ascii_case("https"))
         {
             // Refused before any connect: not an upstream failure for the breaker or retries.
-            return RouteFuture {
-                inner: None,
+            return RouteFuture::Refused {
                 error: Some(Error::builder(format!(
                     "request URI {:?} is https, which needs palisade-client's `tls` feature",
                     req.uri().to_string()
@@ -379,21 +378,29 @@ impl Service<Request<Body>> for Router {
             req.version(),
             http::Version::HTTP_10 | http::Version::HTTP_11 | http::Version::HTTP_2
         ) {
-            return RouteFuture {
-                inner: None,
+            return RouteFuture::Refused {
                 error: Some(Error::builder(format!(
                     "request version {:?}: this client speaks HTTP/1.x",
                     req.version()
                 ))),
             };
         }
+        let base = &self.hosts.base;
+        if base.origin.spelled_in(req.uri()) {
+            // Most requests: the base URL's origin, spelled as it is (`get`, `request`).
+            return RouteFuture::Routed {
+                fut: base.service.clone().oneshot(req),
+            };
+        }
         match Origin::of(req.uri()) {
-            Some(origin) => RouteFuture {
-                inner: Some(self.hosts.service(&origin).oneshot(req)),
-                error: None,
-            },
-            None => RouteFuture {
-                inner: None,
+            Some(origin) => {
+                // The stack below keys its connections by the URI as spelled here.
+                origin.respell(req.uri_mut());
+                RouteFuture::Routed {
+                    fut: self.hosts.service(&origin).oneshot(req),
+                }
+            }
+            None => RouteFuture::Refused {
                 error: Some(Error::builder(format!(
                     "request URI {:?} is not an absolute http or https URL",
                     req.uri().to_string()
@@ -404,11 +411,12 @@ impl Service<Request<Body>> for Router {
 }
 
 pin_project! {
-    /// The router's response future.
-    pub(crate) struct RouteFuture {
-        #[pin]
-        inner: Option<Oneshot<HostService, Request<Body>>>,
-        error: Option<Error>,
+    /// The router's response future: the origin's stack, or the refusal of a request no
+    /// origin takes.
+    #[project = RouteProj]
+    pub(crate) enum RouteFuture {
+        Routed { #[pin] fut: Oneshot<HostService, Request<Body>> },
+        Refused { error: Option<Error> },
     }
 }
 
@@ -416,10 +424,11 @@ impl Future for RouteFuture {
     type Output = Result<http::Response<Incoming>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.inner.as_pin_mut() {
-            Some(fut) => fut.poll(cx),
-            None => Poll::Ready(Err(Box::new(this.error.take().expect("polled once")))),
+        match self.project() {
+            RouteProj::Routed { fut } => fut.poll(cx),
+            RouteProj::Refused { error } => {
+                Poll::Ready(Err(Box::new(error.take().expect("polled once"))))
+            }
         }
     }
 }
@@ -610,18 +619,20 @@ impl Client {
         self.execute(Request::from_parts(parts, body.into())).await
     }
 
-    async fn execute(&self, mut req: Request<Body>) -> Result<Response, Error> {
-        if !req.headers().contains_key(USER_AGENT) {
-            req.headers_mut()
-                .insert(USER_AGENT, self.inner.user_agent.clone());
+    /// The configured `User-Agent`, unless the request has one (one lookup of the header).
+    fn add_user_agent(&self, req: &mut Request<Body>) {
+        req.headers_mut()
+            .entry(USER_AGENT)
+            .or_insert_with(|| self.inner.user_agent.clone());
+    }
+
+    /// Not an `async fn` (nor an `async` block): either would keep its argument, or what it
+    /// captured, beside the stack's future for the whole exchange.
+    fn execute(&self, mut req: Request<Body>) -> Execute {
+        self.add_user_agent(&mut req);
+        Execute {
+            sent: self.svc.clone().oneshot(req),
         }
-        let res = self
-            .svc
-            .clone()
-            .oneshot(req)
-            .await
-            .map_err(Error::from_stack)?;
-        Ok(Response::new(res))
     }
 
     /// The per-origin parts of the base URL's origin.
@@ -695,14 +706,31 @@ impl Service<Request<Body>> for Client {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
-        // As `get` and `request` do: the configured `User-Agent` unless the request has one.
-        if !req.headers().contains_key(USER_AGENT) {
-            req.headers_mut()
-                .insert(USER_AGENT, self.inner.user_agent.clone());
-        }
+        // As `get` and `request` do.
+        self.add_user_agent(&mut req);
         ResponseFuture {
             inner: self.svc.call(req),
         }
+    }
+}
+
+pin_project! {
+    /// [`Client::get`]'s and [`Client::request`]'s exchange: the stack's future, its answer
+    /// made a [`Response`].
+    struct Execute {
+        #[pin]
+        sent: Oneshot<ShutdownService<Router>, Request<Body>>,
+    }
+}
+
+impl Future for Execute {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .sent
+            .poll(cx)
+            .map(|res| res.map(Response::new).map_err(Error::from_stack))
     }
 }
 
@@ -727,5 +755,40 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx).map_err(Error::from_stack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type ShutdownOneshot = Oneshot<ShutdownService<Router>, Request<Body>>;
+
+    /// Every request's future nests the futures of every layer, and each layer's `call` moves
+    /// the one below into its own: bytes held twice are copied at every level. The request and
+    /// the stack's future are never alive together, so they must share their bytes.
+    #[test]
+    fn a_request_and_the_future_sending_it_share_their_bytes() {
+        let request = std::mem::size_of::<Request<Body>>();
+        let pool = std::mem::size_of::<<PoolService as Service<Request<Body>>>::Future>();
+        let gate = std::mem::size_of::<<HostGate<PoolService> as Service<Request<Body>>>::Future>();
+        assert!(
+            gate < pool + request,
+            "the gate's future ({gate} bytes) holds the request ({request}) beside the pool's \
+             future ({pool})"
+        );
+        let stack = std::mem::size_of::<ShutdownOneshot>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async { Client::builder("http://127.0.0.1:1").build() });
+        let client = client.unwrap();
+        let get = std::mem::size_of_val(&client.get("/"));
+        assert!(
+            get < stack + request,
+            "`get`'s future ({get} bytes) holds a request ({request}) beside the stack's \
+             future ({stack})"
+        );
     }
 }

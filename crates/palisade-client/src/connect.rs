@@ -275,10 +275,10 @@ impl Service<Request<Body>> for Connection {
             mark.sent();
         }
         // HTTP/1.1 wants the origin form (`/path?query`) and a Host header.
-        if !req.headers().contains_key(HOST) {
-            if let Some(host) = &self.host {
-                req.headers_mut().insert(HOST, host.clone());
-            }
+        if let Some(host) = &self.host {
+            req.headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| host.clone());
         }
         // Moved, not cloned: a clone of a path built from a `String` would allocate to share it.
         let mut parts = http::uri::Parts::default();
@@ -503,9 +503,12 @@ impl Drop for Exchange {
     }
 }
 
-/// The pool's key: the request's origin (the client only sends absolute URIs into the stack).
+/// The pool's key: the request's origin. The router sends only absolute URIs into the stack,
+/// their authority in the origin's one spelling, so it is taken as it is.
 pub(crate) fn origin_key(req: &Request<Body>) -> Origin {
-    Origin::of(req.uri()).expect("the client routes only absolute http(s) URIs")
+    let origin = Origin::of_spelled(req.uri()).expect("the router sends only absolute URIs");
+    debug_assert_eq!(Some(&origin), Origin::of(req.uri()).as_ref());
+    origin
 }
 
 #[cfg(test)]

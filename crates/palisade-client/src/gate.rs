@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
 use palisade_ratelimit::{RateLimited, RateLimiter};
 use palisade_shutdown::ShuttingDown;
@@ -138,6 +139,10 @@ pub(crate) fn upstream_delay<B>(res: &Response<B>) -> Option<Duration> {
     retry_after.max(exhausted_for(res))
 }
 
+/// The IETF `RateLimit` header's name, made once: a `&str` would be parsed into a name on
+/// every response.
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// From the IETF `RateLimit` header (`"policy";r=0;t=5`): how long nothing remains, when
 /// nothing does.
 fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
@@ -145,7 +150,7 @@ fn exhausted_for<B>(res: &Response<B>) -> Option<Duration> {
     // several (a list field's lines are one list): hold for the longest reset among those with
     // nothing remaining. A line that is not text, or a parameter without a value, is skipped.
     res.headers()
-        .get_all("ratelimit")
+        .get_all(&RATELIMIT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -215,8 +220,7 @@ where
             sleep,
             inner,
             ready: true,
-            req: Some(req),
-            fut: None,
+            step: Step::Unsent { req: Some(req) },
             state: self.state.clone(),
             max_wait: self.max_wait,
             cut: None,
@@ -234,13 +238,24 @@ pin_project! {
         inner: S,
         // Whether `inner` is known ready (it was readied before `call`).
         ready: bool,
-        req: Option<Request<Body>>,
+        // The request and then its response future: never both, so they share their bytes
+        // (the request alone is 256 bytes, and every future above holds this one).
         #[pin]
-        fut: Option<S::Future>,
+        step: Step<S::Future>,
         state: Arc<GateState>,
         max_wait: Option<Duration>,
         // Made while a hold is waited out here: ends the wait at the shutdown deadline.
         cut: Option<CutWait>,
+    }
+}
+
+pin_project! {
+    /// Where a [`GateFuture`] is: its request not sent yet (or handed back by a hold), or sent.
+    #[project = StepProj]
+    enum Step<F> {
+        Unsent { req: Option<Request<Body>> },
+        Sent { #[pin] fut: F },
+        Done,
     }
 }
 
@@ -273,26 +288,29 @@ where
                 }
                 *this.sleep = None;
             }
-            if let Some(req) = this.req.take() {
-                if !*this.ready {
-                    match this.inner.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            *this.req = Some(req);
-                            return Poll::Pending;
+            let res = match this.step.as_mut().project() {
+                StepProj::Unsent { req } => {
+                    if !*this.ready {
+                        match this.inner.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
                         }
                     }
+                    *this.ready = false;
+                    let req = req.take().expect("a request to send");
+                    this.step.set(Step::Sent {
+                        fut: this.inner.call(req),
+                    });
+                    continue;
                 }
-                *this.ready = false;
-                this.fut.set(Some(this.inner.call(req)));
-            }
-            let fut = this.fut.as_mut().as_pin_mut().expect("sent");
-            let res = match fut.poll(cx) {
-                Poll::Ready(res) => res,
-                Poll::Pending => return Poll::Pending,
+                StepProj::Sent { fut } => match fut.poll(cx) {
+                    Poll::Ready(res) => res,
+                    Poll::Pending => return Poll::Pending,
+                },
+                StepProj::Done => panic!("GateFuture polled after completion"),
             };
-            this.fut.set(None);
+            this.step.set(Step::Done);
             match res {
                 Ok(res) => {
                     this.state.observe(&res);
@@ -302,7 +320,9 @@ where
                     // Not sent: a hold began while it waited for its connection.
                     Ok(held) => {
                         let held = *held;
-                        *this.req = Some(held.req);
+                        this.step.set(Step::Unsent {
+                            req: Some(held.req),
+                        });
                         *this.sleep = Some(Box::pin(tokio::time::sleep_until(held.until)));
                     }
                     Err(e) => return Poll::Ready(Err(e)),

@@ -27,14 +27,21 @@ impl Origin {
     /// The origin of an absolute `http` or `https` URI.
     pub fn of(uri: &Uri) -> Option<Origin> {
         let scheme = uri.scheme()?;
-        let default_port = if *scheme == Scheme::HTTPS {
-            443
-        } else if *scheme == Scheme::HTTP {
-            80
-        } else {
-            return None;
-        };
+        let default_port = default_port(scheme)?;
         let authority = uri.authority()?;
+        if is_plain(authority.as_str(), default_port) {
+            // The common case, checked in one pass: already the one spelling.
+            return Some(Origin {
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+            });
+        }
+        Origin::respelled(scheme, authority, default_port)
+    }
+
+    /// Any authority: credentials dropped, the host in lower case, the default port left out,
+    /// the port in plain decimal; `None` for an empty host or a port that is not a `u16`.
+    fn respelled(scheme: &Scheme, authority: &Authority, default_port: u16) -> Option<Origin> {
         let text = authority.as_str();
         let rest = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
         let host = authority.host();
@@ -78,6 +85,47 @@ impl Origin {
         })
     }
 
+    /// Whether `uri` names this origin in its one spelling (as [`Origin::of`] keeps it): a
+    /// comparison of bytes, no parsing.
+    pub(crate) fn spelled_in(&self, uri: &Uri) -> bool {
+        uri.scheme() == Some(&self.scheme)
+            && uri
+                .authority()
+                .is_some_and(|a| a.as_str() == self.authority.as_str())
+    }
+
+    /// The origin of a URI the router has already put in the one spelling
+    /// ([`Origin::respell`]): its parts taken as they are, no parsing.
+    pub(crate) fn of_spelled(uri: &Uri) -> Option<Origin> {
+        Some(Origin {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+
+    /// `uri` with this origin's spelling of its authority, when spelled otherwise (credentials,
+    /// upper case, the default port written): what the stack below the router sees.
+    pub(crate) fn respell(&self, uri: &mut Uri) {
+        if self.spelled_in(uri) {
+            return;
+        }
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        // Only the authority changed, and it is valid.
+        if let Ok(respelled) = Uri::from_parts(parts) {
+            *uri = respelled;
+        }
+    }
+
+    /// The general path alone, for the tests that compare it with [`Origin::of`].
+    #[cfg(test)]
+    fn of_general(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme()?;
+        let default_port = default_port(scheme)?;
+        Origin::respelled(scheme, uri.authority()?, default_port)
+    }
+
     /// `true` for `https`.
     pub fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
@@ -107,6 +155,48 @@ impl Origin {
     pub fn authority(&self) -> &Authority {
         &self.authority
     }
+}
+
+/// The scheme's default port: `None` for a scheme other than `http` and `https`.
+fn default_port(scheme: &Scheme) -> Option<u16> {
+    if *scheme == Scheme::HTTPS {
+        Some(443)
+    } else if *scheme == Scheme::HTTP {
+        Some(80)
+    } else {
+        None
+    }
+}
+
+/// Whether an authority is already in the one spelling, by a single pass over its bytes (this
+/// runs twice per request: the router's origin and the pool's key): a non-empty host of
+/// lower-case letters, digits, `.` and `-`, then nothing, or `:` and a port in plain decimal
+/// (no leading zero) that fits a `u16` and is not the scheme's default. Anything else
+/// (credentials, IPv6 brackets, upper case, other characters) takes the general path, which
+/// gives the same answer for these.
+fn is_plain(text: &str, default_port: u16) -> bool {
+    let bytes = text.as_bytes();
+    let host = bytes
+        .iter()
+        .take_while(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-'))
+        .count();
+    if host == 0 {
+        return false;
+    }
+    let Some((&colon, digits)) = bytes[host..].split_first() else {
+        return true;
+    };
+    if colon != b':' || digits.is_empty() || digits.len() > 5 || digits[0] == b'0' {
+        return false;
+    }
+    let mut port = 0u32;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return false;
+        }
+        port = port * 10 + u32::from(d - b'0');
+    }
+    port <= u32::from(u16::MAX) && port != u32::from(default_port)
 }
 
 // By the one spelling's bytes: `Authority`'s own comparison and hash fold case byte by byte.
@@ -140,6 +230,62 @@ impl fmt::Debug for Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check gives what the general path gives, for every authority of up to five
+    /// characters over an alphabet with both default ports' digits, upper case, credentials
+    /// and brackets, and for some longer ones, under both schemes.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_one() {
+        const ALPHABET: &[u8] = b"aB0348:@[].";
+        let spelled = |o: Option<Origin>| o.map(|o| o.to_string());
+        let mut checked = 0;
+        let mut fast = 0;
+        let mut check = |authority: &str| {
+            for scheme in ["http", "https"] {
+                let Ok(uri) = format!("{scheme}://{authority}/p").parse::<Uri>() else {
+                    continue;
+                };
+                assert_eq!(
+                    spelled(Origin::of(&uri)),
+                    spelled(Origin::of_general(&uri)),
+                    "{uri}"
+                );
+                checked += 1;
+                let default = default_port(uri.scheme().unwrap()).unwrap();
+                fast += usize::from(is_plain(authority, default));
+            }
+        };
+        for len in 0..=5u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                let mut word = String::new();
+                for _ in 0..len {
+                    word.push(char::from(ALPHABET[n % ALPHABET.len()]));
+                    n /= ALPHABET.len();
+                }
+                check(&word);
+            }
+        }
+        for longer in [
+            "api.example.com:8080",
+            "127.0.0.1:443",
+            "localhost:80",
+            "h-1.example:1",
+            "x:65535",
+            "x:65536",
+            "x:00080",
+            "x:8080:1",
+            "user:pw@api.example:8443",
+            "api_x.example",
+            "[::1]:8443",
+        ] {
+            check(longer);
+        }
+        // Both paths were exercised.
+        assert!(
+            checked > 100_000 && fast > 1_000,
+            "{checked} checked, {fast} fast"
+        );
+    }
 
     #[test]
     fn parts() {

@@ -3,7 +3,8 @@
 //! `max_retry_after`, requests left waiting past the shutdown deadline, a multi-policy
 //! `RateLimit` header, `max_rate_wait` and holds, the timeout and the response body, ports
 //! spelled two ways, https without the `tls` feature, and the `User-Agent` of the client used
-//! as a `tower::Service`. Each test failed before its fix.
+//! as a `tower::Service`. Each test failed before its fix. The last one guards the router's
+//! fast path for the base origin (a URL spelled otherwise is respelled before the pool).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -371,4 +372,31 @@ async fn a_body_read_within_the_timeout_is_not_cut_off() {
         1,
         "the idle connection was kept"
     );
+}
+
+// The router hands the stack below a URI in its origin's one spelling (the pool keys its
+// connections by it): a URL naming the base origin with credentials goes to the base origin's
+// connection, and the upstream sees the origin's `Host`, without the credentials.
+#[tokio::test(start_paused = true)]
+async fn a_url_spelling_the_base_origin_otherwise_shares_its_connection() {
+    let (url, seen) = capture("127.0.0.1:0").await.unwrap();
+    let client = Client::builder(&url).build().unwrap();
+    client.get("/a").await.unwrap().bytes().await.unwrap();
+    let other_spelling = url.replacen("http://", "http://user:secret@", 1);
+    client
+        .get(&format!("{other_spelling}b"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(
+        seen.iter()
+            .map(|(host, _)| host.as_str())
+            .collect::<Vec<_>>(),
+        [authority, authority]
+    );
+    assert_eq!(client.pool().stats().total.opened, 1, "one connection");
 }
