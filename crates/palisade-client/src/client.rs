@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::USER_AGENT;
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use hyper::body::Incoming;
 use palisade_breaker::classify::{Classify, Outcome};
 use palisade_breaker::http::HttpClassifier;
@@ -342,6 +342,15 @@ impl Hosts {
     }
 }
 
+/// A `GET` of `uri` (a new request's method). Not a builder, each of whose steps moves the
+/// request; and made outside [`Client::get`], whose future would otherwise keep a slot for a
+/// request it has mutated beside the stack's future.
+fn get_request(uri: Uri) -> Request<Body> {
+    let mut req = Request::new(Body::default());
+    *req.uri_mut() = uri;
+    req
+}
+
 /// Routes each request to its origin's stack.
 #[derive(Clone)]
 pub(crate) struct Router {
@@ -587,12 +596,8 @@ impl Client {
     /// See [`Error`]: refused (rate limit, open circuit, shutdown), timed out, connect or
     /// request failure. A response with any status is `Ok`.
     pub async fn get(&self, path: &str) -> Result<Response, Error> {
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(self.url(path)?)
-            .body(Body::default())
-            .map_err(|e| Error::builder_source("request", e))?;
-        self.execute(req).await
+        let uri = self.url(path)?;
+        self.execute(get_request(uri)).await
     }
 
     /// Sends a request. A relative URI is resolved against the base URL; a `User-Agent` is
