@@ -400,3 +400,43 @@ async fn a_url_spelling_the_base_origin_otherwise_shares_its_connection() {
     );
     assert_eq!(client.pool().stats().total.opened, 1, "one connection");
 }
+
+// A twelfth review's check of the same fast path, kept: a base URL spelled every other way
+// (credentials, an upper-case scheme, a port with leading zeros), retries on with a 503
+// first, and URLs naming that origin in each spelling through `get`, `request` and the client
+// as a `tower::Service`: one pool key, one connection.
+#[tokio::test(start_paused = true)]
+async fn every_spelling_of_an_origin_shares_one_pool_key() {
+    use tower::{Service, ServiceExt};
+    let (url, _) = scripted(|n| if n == 1 { (503, vec![]) } else { (200, vec![]) }).await;
+    let port = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .to_owned();
+    let client = Client::builder(format!("HTTP://User:Pw@127.0.0.1:0{port}/v1/"))
+        .retries(Retries::new(3))
+        .build()
+        .unwrap();
+    client.get("/rel").await.unwrap().bytes().await.unwrap();
+    for s in [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("HTTP://127.0.0.1:{port}/x"),
+        format!("http://u@127.0.0.1:{port}/x"),
+        format!("http://127.0.0.1:00{port}/x"),
+        format!("hTTp://a:b@127.0.0.1:{port}?q"),
+    ] {
+        client.get(&s).await.unwrap().bytes().await.unwrap();
+        let req = Request::get(s.as_str())
+            .body(palisade_client::Body::default())
+            .unwrap();
+        client.request(req).await.unwrap().bytes().await.unwrap();
+        let mut svc = client.clone();
+        let req = Request::get(s.as_str())
+            .body(palisade_client::Body::default())
+            .unwrap();
+        drop(svc.ready().await.unwrap().call(req).await.unwrap());
+    }
+    let stats = client.pool().stats();
+    assert_eq!(stats.keys.len(), 1, "{stats:?}");
+    assert_eq!(stats.total.opened, 1);
+}
