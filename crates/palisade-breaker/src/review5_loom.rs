@@ -1,28 +1,9 @@
 //! Review 5 of 4f95f55, loom models: the half-open slot setup conditioned on the state word,
 //! and the pause bookkeeping's consistency at quiescence (both broken on 4f95f55, fixed by the
 //! patience lock).
+use super::loom_tests::opened;
 use super::*;
 use loom::thread;
-
-fn cfg(probes: u16) -> Config {
-    Config::builder()
-        .consecutive_failures(1)
-        .half_open_probes(probes)
-        .open_duration(Duration::from_nanos(1), 1, Duration::from_nanos(1))
-        .jitter(0)
-        .count_window(4)
-        .minimum_calls(4)
-        .build()
-        .unwrap()
-}
-
-fn opened(probes: u16) -> Breaker {
-    let b = Breaker::new(cfg(probes));
-    let t = b.admit();
-    b.record(t, Outcome::FAILURE, None);
-    b.core.open_until.store(0, Ordering::SeqCst);
-    b
-}
 
 fn is_probe(t: Ticket) -> bool {
     matches!(t, Ticket::Probe(_))

@@ -1,25 +1,8 @@
 //! Review 6 of 4c3ccac, loom models: the lock-free slot take of an admission racing a probe's
 //! locked steps; at rest the pause and the published deadline follow the rules.
+use super::loom_tests::opened;
 use super::*;
 use loom::thread;
-
-fn opened(probes: u16) -> Breaker {
-    let b = Breaker::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .half_open_probes(probes)
-            .open_duration(Duration::from_nanos(1), 1, Duration::from_nanos(1))
-            .jitter(0)
-            .count_window(4)
-            .minimum_calls(4)
-            .build()
-            .unwrap(),
-    );
-    let t = b.admit();
-    b.record(t, Outcome::FAILURE, None);
-    b.core.open_until.store(0, Ordering::SeqCst);
-    b
-}
 
 /// In the half-open the patience names: the pause runs iff the rules say so, and the
 /// published deadline is the patience's.

@@ -1189,6 +1189,8 @@ mod loom_tests {
     use super::*;
     use loom::thread;
 
+    /// The loom models' breaker: trips on one failure, `probes` probe slots, opens for a
+    /// nanosecond, no jitter.
     fn cfg(probes: u16) -> Config {
         Config::builder()
             .consecutive_failures(1)
@@ -1201,15 +1203,21 @@ mod loom_tests {
             .unwrap()
     }
 
+    /// [`cfg`]'s breaker, tripped, its opening over: the next admission leaves it (here and
+    /// in `review5_loom` and `review6_loom`).
+    pub(super) fn opened(probes: u16) -> Breaker {
+        let b = Breaker::new(cfg(probes));
+        let t = b.admit();
+        b.record(t, Outcome::FAILURE, None);
+        b.core.open_until.store(0, Ordering::SeqCst);
+        b
+    }
+
     /// Two callers race for the single probe slot: exactly one gets it.
     #[test]
     fn one_probe_slot_one_probe() {
         loom::model(|| {
-            let b = Breaker::new(cfg(1));
-            let t = b.admit();
-            b.record(t, Outcome::FAILURE, None);
-            // Open with a 1 ns duration: force it into half-open deterministically.
-            b.core.open_until.store(0, Ordering::SeqCst);
+            let b = opened(1);
             let b2 = b.clone();
             let h = thread::spawn(move || matches!(b2.admit(), Ticket::Probe(_)));
             let mine = matches!(b.admit(), Ticket::Probe(_));
@@ -1222,10 +1230,7 @@ mod loom_tests {
     #[test]
     fn stale_release_does_not_refill_a_new_cycle() {
         loom::model(|| {
-            let b = Breaker::new(cfg(1));
-            let t = b.admit();
-            b.record(t, Outcome::FAILURE, None);
-            b.core.open_until.store(0, Ordering::SeqCst);
+            let b = opened(1);
             let probe = b.admit();
             assert!(matches!(probe, Ticket::Probe(_)));
             let b2 = b.clone();

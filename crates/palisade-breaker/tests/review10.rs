@@ -26,6 +26,17 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// The half-open's patience runs out exactly `left` from now: a call a millisecond before
+/// finds the breaker still half-open, one at that instant finds it reopened.
+async fn patience_ends_in(b: &Breaker, f: &mut Svc, left: Duration) {
+    tokio::time::advance(left - Duration::from_millis(1)).await;
+    let _ = send(f, true).await;
+    assert_eq!(b.state(), State::HalfOpen);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let _ = send(f, true).await;
+    assert_eq!(b.state(), State::Open);
+}
+
 // ---------------------------------------------------------------- docs corrected
 
 /// README "Half-open" and `State::HalfOpen`: with a slow-call rule, a slow probe counts as
@@ -596,7 +607,6 @@ async fn r10_ok_marked_probe_patience() {
         calls: Arc::default(),
         release: Arc::default(),
     };
-    let reopen_at = |b: &Breaker| b.state() == State::Open;
     // 1. queued 100 s, then sent: patience counts from the send.
     let _ = send(&mut f, false).await;
     tokio::time::advance(secs(1)).await;
@@ -608,12 +618,7 @@ async fn r10_ok_marked_probe_patience() {
     assert_eq!(b.state(), State::HalfOpen);
     mark.sent();
     let fut = p.call(true);
-    tokio::time::advance(Duration::from_millis(9_999)).await;
-    let _ = send(&mut f, true).await;
-    assert_eq!(b.state(), State::HalfOpen);
-    tokio::time::advance(Duration::from_millis(1)).await;
-    let _ = send(&mut f, true).await;
-    assert!(reopen_at(&b));
+    patience_ends_in(&b, &mut f, secs(10)).await;
     drop(fut);
     // 2. a queue that never moves: reopened at wait + max_probe_queue_wait.
     tokio::time::advance(b.open_remaining().unwrap()).await;
@@ -621,12 +626,7 @@ async fn r10_ok_marked_probe_patience() {
     p.ready().await.unwrap();
     assert_eq!(b.state(), State::HalfOpen);
     let mark = b.probe_queued().unwrap();
-    tokio::time::advance(Duration::from_millis(309_999)).await;
-    let _ = send(&mut f, true).await;
-    assert_eq!(b.state(), State::HalfOpen);
-    tokio::time::advance(Duration::from_millis(1)).await;
-    let _ = send(&mut f, true).await;
-    assert!(reopen_at(&b));
+    patience_ends_in(&b, &mut f, secs(310)).await;
     drop((mark, p));
     // 3. a mark dropped unsent: the paused time is not spent, the patience runs again.
     tokio::time::advance(b.open_remaining().unwrap()).await;
@@ -635,12 +635,7 @@ async fn r10_ok_marked_probe_patience() {
     let mark = b.probe_queued().unwrap();
     tokio::time::advance(secs(50)).await;
     drop(mark);
-    tokio::time::advance(Duration::from_millis(9_999)).await;
-    let _ = send(&mut f, true).await;
-    assert_eq!(b.state(), State::HalfOpen);
-    tokio::time::advance(Duration::from_millis(1)).await;
-    let _ = send(&mut f, true).await;
-    assert!(reopen_at(&b));
+    patience_ends_in(&b, &mut f, secs(10)).await;
     drop(p);
     // none outside half-open
     assert!(b.probe_queued().is_none());
